@@ -1,0 +1,5 @@
+"""panderm: a toolkit for medical vision foundation models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

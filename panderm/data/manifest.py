@@ -1,0 +1,354 @@
+"""The manifest: one row per image, validated once, up front, with every problem reported together.
+
+Columns (DESIGN.md): `image` (path relative to the root), `split` (train/val/test), `label` (int or class
+name; optional), and optionally `patient_id`, `modality`, `mask` (path), `bbox` (``x1,y1,x2,y2`` in pixels;
+several boxes joined by ``;``) and `slice` (index into a volume). PanDerm's CSV (`image`, `split`, `label`
+or `binary_label`) loads unchanged. Any other column is kept as metadata. Row numbers in messages are
+1-based data rows (the CSV header is not counted, so row N is on line N + 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from panderm.data.images import probe_image
+from panderm.errors import DataError, ManifestError
+from panderm.io import atomic_write
+from panderm.paths import resolve_under
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
+REQUIRED_COLUMNS = ("image", "split")
+KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice")
+
+Box = tuple[float, float, float, float]
+
+
+def parse_boxes(text: object) -> list[Box]:
+    """Parse a `bbox` cell: ``x1,y1,x2,y2`` (several joined by ``;``) or JSON ``[[x1,y1,x2,y2], ...]``.
+
+    Empty cells give ``[]``. Raises `ValueError` (with the reason) on malformed text or x2<=x1 / y2<=y1.
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() == "":
+        return []
+    s = str(text).strip()
+    if s.startswith("["):
+        values = json.loads(s)
+        groups = values if values and isinstance(values[0], list) else [values]
+    else:
+        groups = [re.split(r"[,\s]+", part.strip()) for part in s.split(";") if part.strip()]
+    boxes = []
+    for group in groups:
+        if len(group) != 4:
+            raise ValueError(f"a box needs 4 numbers x1,y1,x2,y2, got {len(group)}")
+        x1, y1, x2, y2 = (float(v) for v in group)
+        if not (x2 > x1 and y2 > y1):
+            raise ValueError(f"box {[x1, y1, x2, y2]} has x2<=x1 or y2<=y1")
+        boxes.append((x1, y1, x2, y2))
+    return boxes
+
+
+def format_boxes(boxes: Iterable[Sequence[float]]) -> str:
+    """Inverse of `parse_boxes` for the ``;``-joined form (integers written without a decimal point)."""
+
+    def num(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{float(v):.2f}"
+
+    return ";".join(",".join(num(v) for v in box) for box in boxes)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: a normalised table plus the root its paths are relative to.
+
+    `table` has `label` as nullable integer codes into `classes` (NA = unlabeled) and keeps the user's other
+    columns; `row` holds the 1-based row number in the source file, so subsets still report original rows.
+    """
+
+    table: pd.DataFrame
+    root: Path
+    classes: tuple[str, ...] | None
+    source: str = "<memory>"
+    allow_outside_root: bool = False
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.table and bool(self.table["label"].notna().any())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes or ())
+
+    def subset(self, split: str | None = None, rows: np.ndarray | None = None) -> Manifest:
+        """Rows of one split (or the given boolean/positional selection), keeping root and classes."""
+        table = self.table
+        if split is not None:
+            table = table[table["split"] == split]
+        if rows is not None:
+            table = table.iloc[rows] if np.asarray(rows).dtype != bool else table[np.asarray(rows)]
+        return replace(self, table=table.reset_index(drop=True))
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a manifest path, refusing paths that escape the root."""
+        return resolve_under(self.root, relative, allow_outside=self.allow_outside_root)
+
+    def image_path(self, i: int) -> Path:
+        return self.path(self.table["image"].iat[i])
+
+    def mask_path(self, i: int) -> Path | None:
+        if "mask" not in self.table:
+            return None
+        value = self.table["mask"].iat[i]
+        return None if pd.isna(value) or str(value) == "" else self.path(str(value))
+
+    def boxes(self, i: int) -> list[Box]:
+        return parse_boxes(self.table["bbox"].iat[i]) if "bbox" in self.table else []
+
+    def label(self, i: int) -> int | None:
+        if "label" not in self.table:
+            return None
+        value = self.table["label"].iat[i]
+        return None if pd.isna(value) else int(value)
+
+    def counts(self, by: Sequence[str]) -> pd.DataFrame:
+        """Image counts per combination of columns (label codes shown as class names)."""
+        table = self.table.assign(label=self.label_names()) if "label" in self.table else self.table
+        present = [c for c in by if c in table]
+        return table.groupby(present, dropna=False).size().rename("images").reset_index()
+
+    def label_names(self) -> pd.Series:
+        """Class name per row (NA where unlabeled)."""
+        names = pd.Series(self.classes or (), dtype=object)
+        codes = self.table["label"]
+        return codes.map(lambda c: names.iat[int(c)] if pd.notna(c) else pd.NA)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the normalised table, classes and root (used as a cache key)."""
+        h = hashlib.sha256()
+        h.update(self.table.to_csv(index=False).encode())
+        h.update(json.dumps([list(self.classes or ()), str(self.root)]).encode())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table atomically (CSV or Parquet by suffix) with labels as class names."""
+        table = self.table.drop(columns=["row"])
+        if self.classes is not None and "label" in table:
+            table = table.assign(label=self.label_names())
+        return write_table(table, path)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a DataFrame atomically as CSV or Parquet (chosen by the file suffix)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a CSV or Parquet table; raises `DataError` naming the file when it is missing or unparsable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest file not found")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype={"image": str, "mask": str, "patient_id": str, "bbox": str})
+    except Exception as exc:  # pandas raises many types; the user needs the file name and the cause
+        raise DataError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from exc
+
+
+def read_manifest(
+    path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+    *,
+    classes: Sequence[str] | int | None = None,
+    check_files: bool = True,
+    deep: bool = False,
+    allow_outside_root: bool = False,
+) -> Manifest:
+    """Load and validate a manifest file; `root` defaults to the manifest's folder.
+
+    Raises `ManifestError` listing every problem (see `validate`), or `DataError` if the file is unreadable.
+    """
+    path = Path(path)
+    table = read_table(path)
+    return build_manifest(
+        table,
+        root if root is not None else path.parent,
+        classes=classes,
+        source=str(path),
+        check_files=check_files,
+        deep=deep,
+        allow_outside_root=allow_outside_root,
+    )
+
+
+def build_manifest(
+    table: pd.DataFrame,
+    root: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | int | None = None,
+    source: str = "<memory>",
+    check_files: bool = True,
+    deep: bool = False,
+    allow_outside_root: bool = False,
+) -> Manifest:
+    """Normalise and validate a manifest table; raises `ManifestError` with every problem at once.
+
+    `classes` is the class list (names, or a count for integer labels); when omitted it is inferred from the
+    labels (sorted names, or 0..max for integers). `check_files` checks that every image/mask exists and
+    opens (`deep` decodes it fully, which also catches truncated files).
+    """
+    problems: list[str] = []
+    table = table.rename(columns=lambda c: str(c).strip())
+    table = _normalise_columns(table, problems)
+    if problems:  # without the required columns nothing else can be checked
+        raise ManifestError(source, problems)
+    table = table.reset_index(drop=True)
+    table.insert(0, "row", np.arange(1, len(table) + 1))
+    table["image"] = table["image"].astype(str).str.strip()
+    table["split"] = _normalise_splits(table, problems)
+    label_codes, class_tuple = _normalise_labels(table, classes, problems)
+    if label_codes is not None:
+        table["label"] = label_codes
+    manifest = Manifest(table, Path(os.path.abspath(root)), class_tuple, source, allow_outside_root)
+    problems += _check_rows(manifest, check_files=check_files, deep=deep)
+    if problems:
+        raise ManifestError(source, sorted(problems, key=_row_of))
+    return manifest
+
+
+def _row_of(problem: str) -> int:
+    """Sort key: the row a problem names (problems about several rows go last)."""
+    match = re.match(r"row (\d+):", problem)
+    return int(match.group(1)) if match else 1 << 62
+
+
+def _normalise_columns(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+    if "label" not in table and "binary_label" in table:  # PanDerm's binary CSV
+        table = table.rename(columns={"binary_label": "label"})
+    for column in REQUIRED_COLUMNS:
+        if column not in table:
+            close = difflib.get_close_matches(column, [str(c) for c in table.columns], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                f"missing required column {column!r} (columns present: {list(table.columns)}){hint}"
+            )
+    return table
+
+
+def _normalise_splits(table: pd.DataFrame, problems: list[str]) -> pd.Series:
+    splits = table["split"].astype(str).str.strip().str.lower().replace(SPLIT_ALIASES)
+    for row, raw, value in zip(table["row"], table["split"], splits, strict=True):
+        if value not in SPLITS:
+            problems.append(f"row {row}: field 'split': unknown split {raw!r} (expected one of {SPLITS})")
+    return splits
+
+
+def _normalise_labels(
+    table: pd.DataFrame, classes: Sequence[str] | int | None, problems: list[str]
+) -> tuple[pd.Series | None, tuple[str, ...] | None]:
+    """Map labels to integer codes: class names look up `classes`; integers must lie in 0..n_classes-1."""
+    if "label" not in table:
+        return None, _class_tuple(classes)
+    text = table["label"].astype("string").str.strip()
+    present = text.notna() & (text != "")
+    values = text[present]
+    numeric = pd.to_numeric(values, errors="coerce")
+    class_tuple = _class_tuple(classes)
+    named = class_tuple is not None and not isinstance(classes, int)
+    if class_tuple is None:
+        if bool(numeric.notna().all()):
+            class_tuple = tuple(str(i) for i in range(int(numeric.max()) + 1 if len(numeric) else 0))
+        else:
+            class_tuple, named = tuple(sorted(values.unique())), True
+    index = {name: i for i, name in enumerate(class_tuple)} if named else {}
+    codes = pd.Series(pd.NA, index=table.index, dtype="Int64")
+    for idx, value in values.items():
+        number = numeric[idx]
+        if value in index:
+            codes[idx] = index[value]
+        elif pd.notna(number) and float(number).is_integer() and 0 <= number < len(class_tuple):
+            codes[idx] = int(number)
+        else:
+            expected = list(class_tuple) if named else f"0..{len(class_tuple) - 1}"
+            problems.append(f"row {table.at[idx, 'row']}: field 'label': {value!r} is outside the classes {expected}")
+    return codes, class_tuple
+
+
+def _class_tuple(classes: Sequence[str] | int | None) -> tuple[str, ...] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, int):
+        return tuple(str(i) for i in range(classes))
+    return tuple(str(c) for c in classes)
+
+
+def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[str]:
+    """Per-row checks: paths inside the root, files present and readable, boxes, duplicates, leakage."""
+    problems: list[str] = []
+    table = manifest.table
+    seen: dict[tuple[str, str], int] = {}
+    has_slice = "slice" in table
+    for i in range(len(table)):
+        row = int(table["row"].iat[i])
+        image = table["image"].iat[i]
+        key = (os.path.normpath(image), str(table["slice"].iat[i]) if has_slice else "")
+        if key in seen:
+            problems.append(f"row {row}: field 'image': duplicate of row {seen[key]} ({image!r})")
+        else:
+            seen[key] = row
+        for field in ("image", "mask"):
+            if field not in table:
+                continue
+            value = table[field].iat[i]
+            if field == "mask" and (pd.isna(value) or str(value).strip() == ""):
+                continue
+            if field == "image" and (value == "" or value == "nan"):
+                problems.append(f"row {row}: field 'image': empty path")
+                continue
+            try:
+                path = manifest.path(str(value))
+            except DataError as exc:
+                problems.append(f"row {row}: field {field!r}: {exc}")
+                continue
+            if check_files:
+                issue = probe_image(path, deep=deep)
+                if issue:
+                    problems.append(f"row {row}: field {field!r}: {path}: {issue}")
+        if "bbox" in table:
+            try:
+                parse_boxes(table["bbox"].iat[i])
+            except (ValueError, TypeError) as exc:
+                problems.append(f"row {row}: field 'bbox': {table['bbox'].iat[i]!r}: {exc}")
+    problems += _leakage(table)
+    return problems
+
+
+def _leakage(table: pd.DataFrame) -> list[str]:
+    if "patient_id" not in table:
+        return []
+    problems = []
+    known = table[table["patient_id"].notna()]
+    for patient, group in known.groupby("patient_id", sort=True):
+        if group["split"].nunique() > 1:
+            where = ", ".join(
+                f"{split} (rows {', '.join(str(r) for r in rows['row'])})"
+                for split, rows in group.groupby("split", sort=True)
+            )
+            problems.append(f"field 'patient_id': patient {patient!r} appears in more than one split: {where}")
+    return problems

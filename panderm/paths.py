@@ -1,0 +1,28 @@
+"""Where the toolkit finds its Hydra configs and resolves paths safely."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from panderm.errors import DataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: `$PANDERM_CONFIG_DIR` if set, else the repository's top-level `configs/`."""
+    return Path(os.environ.get("PANDERM_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+
+
+def resolve_under(root: Path, relative: str | os.PathLike[str], *, allow_outside: bool = False) -> Path:
+    """Join `relative` to `root` and refuse the result if it escapes `root`.
+
+    The check is lexical (normpath, not realpath) so that symlinked data folders inside the root keep working,
+    while `../` tricks and absolute paths elsewhere are refused with a `DataError` naming the path.
+    """
+    root = Path(os.path.abspath(root))
+    candidate = Path(os.path.normpath(root / relative))
+    if not allow_outside and not candidate.is_relative_to(root):
+        raise DataError(f"path {str(relative)!r} escapes the data root {root} (pass allow_outside=True to permit)")
+    return candidate

@@ -1,0 +1,1 @@
+"""Reader-study analysis (later issue)."""

@@ -1,0 +1,24 @@
+"""Shared fixtures: the location of ../shared/data and skipping when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PANDERM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared/data, skipping the test (with the reason) when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set PANDERM_SHARED_DATA or place ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return shared_path()
