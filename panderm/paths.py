@@ -24,5 +24,7 @@ def resolve_under(root: Path, relative: str | os.PathLike[str], *, allow_outside
     root = Path(os.path.abspath(root))
     candidate = Path(os.path.normpath(root / relative))
     if not allow_outside and not candidate.is_relative_to(root):
-        raise DataError(f"path {str(relative)!r} escapes the data root {root} (pass allow_outside=True to permit)")
+        raise DataError(
+            f"path {str(relative)!r} escapes the data root {root} (pass allow_outside=True to permit)"
+        )
     return candidate

@@ -15,7 +15,9 @@ def shared_path(*parts: str) -> Path:
     """Path inside ../shared/data, skipping the test (with the reason) when it is not there."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set PANDERM_SHARED_DATA or place ../shared beside the repo)")
+        pytest.skip(
+            f"shared data not found at {path} (set PANDERM_SHARED_DATA or place ../shared beside the repo)"
+        )
     return path
 
 

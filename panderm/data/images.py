@@ -88,7 +88,9 @@ def load_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None
     """
     mask = load_image(path, mode="L")
     if shape is not None and mask.shape != tuple(shape):
-        raise ImageLoadError(path, f"mask size {mask.shape[::-1]} (W, H) differs from image size {shape[::-1]}")
+        raise ImageLoadError(
+            path, f"mask size {mask.shape[::-1]} (W, H) differs from image size {shape[::-1]}"
+        )
     return (mask > 0).astype(np.uint8)
 
 

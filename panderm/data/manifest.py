@@ -286,7 +286,9 @@ def _normalise_labels(
             codes[idx] = int(number)
         else:
             expected = list(class_tuple) if named else f"0..{len(class_tuple) - 1}"
-            problems.append(f"row {table.at[idx, 'row']}: field 'label': {value!r} is outside the classes {expected}")
+            problems.append(
+                f"row {table.at[idx, 'row']}: field 'label': {value!r} is outside the classes {expected}"
+            )
     return codes, class_tuple
 
 
@@ -350,5 +352,7 @@ def _leakage(table: pd.DataFrame) -> list[str]:
                 f"{split} (rows {', '.join(str(r) for r in rows['row'])})"
                 for split, rows in group.groupby("split", sort=True)
             )
-            problems.append(f"field 'patient_id': patient {patient!r} appears in more than one split: {where}")
+            problems.append(
+                f"field 'patient_id': patient {patient!r} appears in more than one split: {where}"
+            )
     return problems

@@ -1,0 +1,160 @@
+"""The `panderm` console command.
+
+Training/evaluation subcommands are Hydra apps (`panderm demo seed=1 data.n_patients=40`); analysis
+subcommands take plain arguments (`panderm data validate manifest.csv --root images/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from panderm import __version__
+from panderm.errors import PandermError
+
+log = logging.getLogger("panderm")
+
+HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
+    # name (= primary config in configs/): (task "module:function" called as task(cfg, run_dir), help text)
+    "demo": (
+        "panderm.demo:run_demo",
+        "the main job: generate the embedded data and write a report of every stage",
+    ),
+}
+
+
+def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
+    """Run a Hydra command with `overrides` (Hydra's own flags such as --help work); returns the exit code."""
+    import importlib
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from panderm.config import register_configs
+    from panderm.paths import config_dir
+
+    module, function = HYDRA_COMMANDS[config_name][0].split(":")
+    task = getattr(importlib.import_module(module), function)
+    register_configs()
+    status = {"code": 0}
+
+    @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    def app(cfg) -> None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            task(cfg, run_dir)
+            print(f"outputs: {run_dir}")
+        except PandermError as exc:
+            log.error("%s", exc)
+            status["code"] = 1
+
+    argv, sys.argv = sys.argv, [f"panderm {config_name}", *overrides]
+    try:
+        app()
+    finally:
+        sys.argv = argv
+    return status["code"]
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    from panderm.data.manifest import read_manifest
+    from panderm.data.overview import split_table
+
+    classes = args.classes.split(",") if args.classes else None
+    manifest = read_manifest(
+        args.manifest, args.root, classes=classes, deep=args.deep, allow_outside_root=args.allow_outside_root
+    )
+    counts = ", ".join(f"{r.split} {r.images}" for r in split_table(manifest).itertuples())
+    print(f"{args.manifest}: OK, {len(manifest)} images ({counts}); classes: {list(manifest.classes or [])}")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    if args.kind == "synthderm":
+        from panderm.data.synthetic.synthderm import generate_synthderm as generate
+    else:
+        from panderm.data.synthetic.synthcxr import generate_synthcxr as generate
+    path = generate(args.out, n_patients=args.n_patients, image_size=args.image_size, seed=args.seed)
+    print(path)
+    return 0
+
+
+def _data_overview(args: argparse.Namespace) -> int:
+    from panderm.data.manifest import read_manifest
+    from panderm.data.overview import add_overview
+    from panderm.report import Report
+
+    manifest = read_manifest(args.manifest, args.root)
+    out = Path(args.out)
+    report = Report(f"Data overview: {args.manifest}")
+    add_overview(report, manifest, Path(args.manifest).stem, out / "figures", n_samples=args.n_samples)
+    md, html = report.write(out)
+    print(f"report: {md} (HTML: {html})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="panderm",
+        description="Medical vision foundation models: data, pretraining, probes, MLLM VQA/ICL, readers.",
+        epilog="Hydra subcommands take key=value overrides; `panderm <command> --help` shows each config.",
+    )
+    parser.add_argument("--version", action="version", version=f"panderm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, text) in HYDRA_COMMANDS.items():  # listed for --help; main() hands them to Hydra
+        sub = commands.add_parser(name, help=f"{text} (Hydra: key=value overrides)", add_help=False)
+        sub.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides, e.g. seed=1")
+
+    data = commands.add_parser("data", help="check, generate and describe data sets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    validate = data_commands.add_parser(
+        "validate", help="check a manifest and list every problem (exit 1 if any)"
+    )
+    validate.add_argument("manifest", help="manifest CSV or Parquet")
+    validate.add_argument("--root", help="folder the image paths are relative to (default: the manifest's)")
+    validate.add_argument("--classes", help="comma-separated class names (default: inferred from the labels)")
+    validate.add_argument("--deep", action="store_true", help="decode every image (catches truncated files)")
+    validate.add_argument("--allow-outside-root", action="store_true", help="permit paths outside the root")
+    validate.set_defaults(handler=_data_validate)
+
+    synth = data_commands.add_parser("synth", help="generate a synthetic data set (images, masks, manifest)")
+    synth.add_argument("kind", choices=["synthderm", "synthcxr"])
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--n-patients", type=int, default=120)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_data_synth)
+
+    overview = data_commands.add_parser("overview", help="write a report of counts and sample images")
+    overview.add_argument("manifest")
+    overview.add_argument("--root")
+    overview.add_argument("--out", default="outputs/overview", help="report folder")
+    overview.add_argument("--n-samples", type=int, default=16)
+    overview.set_defaults(handler=_data_overview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 1 bad input, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in HYDRA_COMMANDS:  # Hydra parses its own arguments, --help included
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return _run_hydra(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.handler(args)
+    except PandermError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""A PyTorch dataset over a validated manifest, with a policy for images that turn out corrupt when read."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from panderm.data.images import load_image, load_mask
+from panderm.data.manifest import Manifest
+from panderm.data.transforms import takes_boxes
+from panderm.errors import ConfigError, ImageLoadError
+
+log = logging.getLogger(__name__)
+
+RADIOLOGY_OPTIONS = ("slice", "axis", "window")
+
+
+class BadImagePolicy(StrEnum):
+    """What to do with an image that fails to load: raise (naming the file) or skip it and record it."""
+
+    error = "error"
+    skip = "skip"
+
+
+class BadImageLog:
+    """Append-only CSV (`path,reason`) of skipped images, safe to share between DataLoader workers."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def record(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        # One small O_APPEND write per record, so concurrent workers do not interleave lines.
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["path", "reason"])
+            writer.writerow([str(path), reason])
+
+    def entries(self) -> list[tuple[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return [(r["path"], r["reason"]) for r in csv.DictReader(f)]
+
+
+class ManifestDataset(Dataset):
+    """Samples of a manifest as dicts: `image`, `label` (-1 if none), `mask`, `boxes`, `index`, `id`.
+
+    Without a transform `image` is (H, W, 3) uint8 and `mask` (H, W) uint8 {0, 1}; with an albumentations
+    transform they are whatever it returns (CHW float tensors after ToTensorV2), and boxes move with the
+    image when the transform has bbox_params. A mask whose size differs from its image raises
+    `ImageLoadError`. With `on_bad_image="skip"` a corrupt file yields `None` (drop it with `collate`) and is
+    recorded in `bad_image_log`; with "error" it raises `ImageLoadError` naming the file.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
+        bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
+        with_masks: bool = True,
+    ) -> None:
+        self.manifest = manifest
+        self.transform = transform
+        self.on_bad_image = _policy(on_bad_image)
+        if bad_image_log is not None and not isinstance(bad_image_log, BadImageLog):
+            bad_image_log = BadImageLog(bad_image_log)
+        self.bad_image_log = bad_image_log
+        self.with_masks = with_masks and "mask" in manifest.table
+        self._boxes = takes_boxes(transform)
+        table = manifest.table
+        self._labels = table["label"].fillna(-1).astype(int).to_numpy() if "label" in table else None
+        self._options = [c for c in RADIOLOGY_OPTIONS if c in table]
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _load_options(self, i: int) -> dict[str, Any]:
+        row = self.manifest.table
+        options = {}
+        for column in self._options:
+            value = row[column].iat[i]
+            if pd.notna(value):
+                options["slice_index" if column == "slice" else column] = (
+                    int(value) if column in ("slice", "axis") else str(value)
+                )
+        return options
+
+    def load(self, i: int) -> dict[str, Any]:
+        """Load row `i` without transforms; raises `ImageLoadError` naming the file."""
+        image = load_image(self.manifest.image_path(i), **self._load_options(i))
+        sample: dict[str, Any] = {
+            "image": image,
+            "label": int(self._labels[i]) if self._labels is not None else -1,
+            "boxes": [list(b) for b in self.manifest.boxes(i)],
+            "index": i,
+            "id": str(self.manifest.table["image"].iat[i]),
+        }
+        mask_path = self.manifest.mask_path(i) if self.with_masks else None
+        if mask_path is not None:
+            sample["mask"] = load_mask(mask_path, shape=image.shape[:2])
+        return sample
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        try:
+            sample = self.load(i)
+        except ImageLoadError as exc:
+            if self.on_bad_image is BadImagePolicy.error:
+                raise
+            log.warning("skipping unreadable image (row %s): %s", self.manifest.table["row"].iat[i], exc)
+            if self.bad_image_log is not None:
+                self.bad_image_log.record(exc.path, exc.reason)
+            return None
+        if self.transform is not None:
+            sample.update(self._apply(sample))
+        return sample
+
+    def _apply(self, sample: dict[str, Any]) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"image": sample["image"]}
+        if "mask" in sample:
+            inputs["mask"] = sample["mask"]
+        if self._boxes:
+            inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
+            inputs["box_labels"] = [0] * len(sample["boxes"])
+        out = self.transform(**inputs)
+        if "bboxes" in out:
+            out["boxes"] = np.asarray(out.pop("bboxes"), dtype=np.float32).reshape(-1, 4).tolist()
+            out.pop("box_labels", None)
+        return out
+
+
+def _policy(value: BadImagePolicy | str) -> BadImagePolicy:
+    try:
+        return BadImagePolicy(value)
+    except ValueError:
+        raise ConfigError(
+            f"on_bad_image={value!r} is not one of {[p.value for p in BadImagePolicy]}"
+        ) from None
+
+
+def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Batch samples, dropping skipped (None) ones; tensors are stacked, lists of views stacked per view,
+    `boxes` kept as a list of (n_i, 4) float tensors, everything else as a list. `skipped` counts drops."""
+    kept = [s for s in batch if s is not None]
+    out: dict[str, Any] = {"skipped": len(batch) - len(kept)}
+    if not kept:
+        return out
+    for key in kept[0]:
+        values = [s[key] for s in kept]
+        if key == "boxes":
+            out[key] = [torch.as_tensor(v, dtype=torch.float32).reshape(-1, 4) for v in values]
+        elif key == "views":
+            out[key] = [torch.stack(view) for view in zip(*values, strict=True)]
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], np.ndarray) and all(v.shape == values[0].shape for v in values):
+            out[key] = torch.from_numpy(np.stack(values))
+        elif isinstance(values[0], int | np.integer):
+            out[key] = torch.as_tensor(values)
+        else:
+            out[key] = values
+    return out

@@ -1,0 +1,55 @@
+"""Turn a data config into a validated `Manifest`: run a generator, read a manifest, or call a reader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from panderm.config import DataConfig, DataSource
+from panderm.data.manifest import Manifest, read_manifest
+from panderm.errors import ConfigError
+
+
+def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> Manifest:
+    """Build the manifest that `cfg` describes; generated/exported images go to `cfg.out_dir` or
+    `<workdir>/data/<cfg.name>`. Raises `ConfigError` for a missing `path`, `ManifestError` for bad rows."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)
+    source = DataSource(cfg.source)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(workdir) / "data" / cfg.name
+    classes = list(cfg.classes) if cfg.classes else None
+    if source is DataSource.synthderm:
+        from panderm.data.synthetic.synthderm import CLASSES
+        from panderm.data.synthetic.synthderm import generate_synthderm as generate
+    elif source is DataSource.synthcxr:
+        from panderm.data.synthetic.synthcxr import CLASSES
+        from panderm.data.synthetic.synthcxr import generate_synthcxr as generate
+    if source in (DataSource.synthderm, DataSource.synthcxr):
+        path = generate(out_dir, n_patients=cfg.n_patients, image_size=cfg.image_size, seed=cfg.seed)
+        return read_manifest(path, classes=list(CLASSES), deep=cfg.deep_check)
+    if not cfg.path:
+        raise ConfigError(f"data.path is required for data.source={source.value} (data config {cfg.name!r})")
+    if source is DataSource.manifest:
+        return read_manifest(
+            cfg.path,
+            cfg.root,
+            classes=classes,
+            check_files=cfg.check_files,
+            deep=cfg.deep_check,
+            allow_outside_root=cfg.allow_outside_root,
+        )
+    from panderm.data import readers
+
+    if source is DataSource.medmnist:
+        return readers.read_medmnist(cfg.path, out_dir, classes=classes)
+    if source is DataSource.isic:
+        return readers.read_isic(cfg.path)
+    if source is DataSource.ph2:
+        return readers.read_ph2(cfg.path, seed=cfg.seed)
+    if source is DataSource.image_folder:
+        return readers.read_image_folder(cfg.path, classes=classes)
+    if source is DataSource.dicom:
+        return readers.read_dicom_folder(cfg.path)
+    return readers.read_nifti_folder(cfg.path, modality=cfg.modality or "ct")

@@ -1,0 +1,147 @@
+"""Albumentations pipelines: evaluation (PanDerm parity), SSL multi-view training, and segmentation.
+
+Every pipeline takes the image size as a parameter and returns a callable with albumentations' keyword
+interface (`t(image=..., mask=..., bboxes=..., box_labels=...)` -> dict); tensors come out CHW float32.
+Segmentation pipelines move masks and boxes (pascal_voc pixels) together with the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BOX_PARAMS = dict(format="pascal_voc", label_fields=["box_labels"], clip=True, min_visibility=0.1)
+
+
+def _finish(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+
+
+def eval_transform(
+    image_size: int = 224,
+    *,
+    resize_ratio: float = 256 / 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """PanDerm-parity evaluation: shorter side to round(size·256/224) (bicubic), centre crop, normalise.
+
+    With the defaults this is Resize(256) + CenterCrop(224) + ImageNet mean/std, as in PanDerm's probes.
+    """
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=round(image_size * resize_ratio), interpolation=cv2.INTER_CUBIC),
+            A.CenterCrop(image_size, image_size),
+            *_finish(mean, std),
+        ]
+    )
+
+
+def train_transform(
+    image_size: int = 224,
+    *,
+    scale: tuple[float, float] = (0.35, 1.0),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Supervised training / fine-tuning: random resized crop, flips, rotation, mild colour jitter."""
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.RandomRotate90(),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
+            *_finish(mean, std),
+        ]
+    )
+
+
+def ssl_view_transform(
+    image_size: int = 224,
+    *,
+    scale: tuple[float, float] = (0.25, 1.0),
+    blur_p: float = 0.5,
+    solarize_p: float = 0.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """One self-supervised view (BYOL/DINO-style): crop, flips, colour jitter, grey, blur, solarise."""
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
+            A.ToGray(p=0.2),
+            A.GaussianBlur(sigma_limit=(0.1, 2.0), p=blur_p),
+            A.Solarize(threshold_range=(0.5, 0.5), p=solarize_p),
+            *_finish(mean, std),
+        ]
+    )
+
+
+class MultiView:
+    """Apply several independent view pipelines to one image; the sample gets `views` (a list of tensors)."""
+
+    def __init__(self, views: Sequence[A.Compose]) -> None:
+        self.views = list(views)
+
+    def __call__(self, **data: Any) -> dict[str, Any]:
+        return {"views": [view(image=data["image"])["image"] for view in self.views]}
+
+
+def ssl_two_views(image_size: int = 224, **kwargs: Any) -> MultiView:
+    """The standard asymmetric pair of SSL views (second view: less blur, some solarisation)."""
+    return MultiView(
+        [
+            ssl_view_transform(image_size, blur_p=1.0, solarize_p=0.0, **kwargs),
+            ssl_view_transform(image_size, blur_p=0.1, solarize_p=0.2, **kwargs),
+        ]
+    )
+
+
+def segmentation_train_transform(
+    image_size: int = 224,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Segmentation training: geometric changes applied to image, mask and boxes alike, then colour."""
+    return A.Compose(
+        [
+            A.RandomResizedCrop(
+                size=(image_size, image_size), scale=(0.5, 1.0), interpolation=cv2.INTER_CUBIC
+            ),
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.Affine(rotate=(-30, 30), scale=(0.9, 1.1), p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+            *_finish(mean, std),
+        ],
+        bbox_params=A.BboxParams(**BOX_PARAMS),
+    )
+
+
+def segmentation_eval_transform(
+    image_size: int = 224,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """Segmentation evaluation: resize the whole image (and mask, nearest; boxes scaled) to a square."""
+    return A.Compose(
+        [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC), *_finish(mean, std)],
+        bbox_params=A.BboxParams(**BOX_PARAMS),
+    )
+
+
+def takes_boxes(transform: Any) -> bool:
+    """Whether a pipeline wants `bboxes`/`box_labels` passed (an albumentations Compose with bbox_params)."""
+    return isinstance(transform, A.Compose) and "bboxes" in getattr(transform, "processors", {})
