@@ -1,0 +1,1 @@
+"""Synthetic data generators with real structure (SynthDerm, SynthCXR)."""

@@ -1,0 +1,162 @@
+"""Manifest loading and validation: every problem reported at once, with row numbers."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from panderm.data.manifest import build_manifest, format_boxes, parse_boxes, read_manifest
+from panderm.errors import DataError, ManifestError
+from tests.data.helpers import small_folder, write_image, write_truncated_jpeg
+
+CLASSES = ["nevus", "melanoma"]
+
+
+def rows_named(error: ManifestError) -> set[int]:
+    return {int(m) for p in error.problems for m in re.findall(r"row (\d+)", p)}
+
+
+def test_clean_manifest_loads_with_class_codes(tmp_path):
+    table = small_folder(tmp_path)
+    table.to_csv(tmp_path / "manifest.csv", index=False)
+    manifest = read_manifest(tmp_path / "manifest.csv", classes=CLASSES)
+    assert len(manifest) == 6
+    assert manifest.classes == ("nevus", "melanoma")
+    assert manifest.table["label"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert manifest.boxes(0) == [(4.0, 5.0, 20.0, 15.0)]
+    assert manifest.image_path(2) == tmp_path / "images" / "img2.png"
+    assert manifest.subset("val").table["row"].tolist() == [3, 4]
+
+
+def test_classes_inferred_sorted_and_parquet_roundtrip(tmp_path):
+    table = small_folder(tmp_path)
+    table.to_parquet(tmp_path / "m.parquet", index=False)
+    manifest = read_manifest(tmp_path / "m.parquet")
+    assert manifest.classes == ("melanoma", "nevus")
+    manifest.save(tmp_path / "again.csv")
+    again = read_manifest(tmp_path / "again.csv", classes=manifest.classes)
+    assert again.table["label"].tolist() == manifest.table["label"].tolist()
+    assert again.fingerprint() == manifest.fingerprint()
+
+
+@pytest.mark.parametrize("column", ["label", "binary_label"])
+def test_panderm_csv_loads_unchanged(tmp_path, column):
+    # PanDerm's probe CSVs: image, split, label (or binary_label), integer labels, sometimes extra columns.
+    for i in range(4):
+        write_image(tmp_path / "imgs" / f"ISIC_{i:07d}.jpg", seed=i)
+    csv = tmp_path / "panderm.csv"
+    csv.write_text(
+        "image,split,"
+        + column
+        + ",extra\n"
+        + "".join(f"imgs/ISIC_{i:07d}.jpg,{['train', 'val', 'test', 'train'][i]},{i % 2},x{i}\n" for i in range(4))
+    )
+    manifest = read_manifest(csv)
+    assert manifest.classes == ("0", "1")
+    assert manifest.table["label"].tolist() == [0, 1, 0, 1]
+    assert manifest.table["extra"].tolist() == ["x0", "x1", "x2", "x3"]
+
+
+def test_every_problem_is_reported_with_its_row(tmp_path):
+    table = small_folder(tmp_path)
+    write_truncated_jpeg(tmp_path / "images" / "broken.jpg")
+    (tmp_path / "images" / "notimage.png").write_text("hello")
+    bad = pd.concat(
+        [
+            table,
+            pd.DataFrame(
+                [
+                    {"image": "images/missing.png", "split": "train", "label": "nevus", "patient_id": "Q1"},  # 7
+                    {"image": "images/img0.png", "split": "train", "label": "nevus", "patient_id": "P0"},  # 8 dup
+                    {"image": "images/img1.png", "split": "holdout", "label": "nevus", "patient_id": "Q2"},  # 9
+                    {"image": "images/img2.png", "split": "test", "label": "bcc", "patient_id": "Q3"},  # 10
+                    {"image": "../outside.png", "split": "test", "label": "nevus", "patient_id": "Q4"},  # 11
+                    {"image": "images/notimage.png", "split": "test", "label": "nevus", "patient_id": "Q5"},  # 12
+                    {"image": "images/img3.png", "split": "test", "label": "nevus", "bbox": "9,9,3,3"},  # 13
+                    {"image": "images/img4.png", "split": "test", "label": "nevus", "mask": "masks/nope.png"},  # 14
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    bad.loc[1, "split"] = "test"  # row 2: patient P0 now in train (row 1) and test (row 2)
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(tmp_path / "bad.csv", classes=CLASSES)
+    error = info.value
+    text = str(error)
+    assert rows_named(error) >= {1, 2, 7, 8, 9, 10, 11, 12, 13, 14}
+    assert "row 7: field 'image'" in text and "file not found" in text
+    assert "row 8: field 'image': duplicate of row 1" in text
+    assert "row 9: field 'split': unknown split 'holdout'" in text
+    assert "row 10: field 'label': 'bcc' is outside the classes" in text
+    assert "row 11: field 'image'" in text and "escapes the data root" in text
+    assert "row 12: field 'image'" in text and "unreadable image" in text
+    assert "row 13: field 'bbox'" in text
+    assert "row 14: field 'mask'" in text and "nope.png" in text
+    assert "patient 'P0' appears in more than one split: test (rows 2), train (rows 1" in text
+    assert str(tmp_path / "bad.csv") in text
+    # The truncated JPEG has a valid header: found by the deep check only, named by path.
+    truncated = pd.DataFrame([{"image": "images/broken.jpg", "split": "train", "label": 0}])
+    build_manifest(truncated, tmp_path)
+    with pytest.raises(ManifestError, match=r"row 1: field 'image': .*broken\.jpg: unreadable image"):
+        build_manifest(truncated, tmp_path, deep=True)
+
+
+def test_integer_labels_out_of_range_and_non_integral(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    table = pd.DataFrame({"image": ["0.png", "1.png", "2.png"], "split": "train", "label": [0, 5, 1.5]})
+    with pytest.raises(ManifestError) as info:
+        build_manifest(table, tmp_path, classes=3)
+    assert rows_named(info.value) == {2, 3}
+    table = pd.DataFrame({"image": ["0.png", "1.png", "2.png"], "split": "train", "label": [-1, 0, 1]})
+    with pytest.raises(ManifestError, match="row 1: field 'label': '-1'"):
+        build_manifest(table, tmp_path)
+
+
+def test_missing_columns_named_with_suggestion(tmp_path):
+    table = pd.DataFrame({"img": ["a.png"], "Split": ["train"]})
+    with pytest.raises(ManifestError) as info:
+        build_manifest(table, tmp_path)
+    text = str(info.value)
+    assert "missing required column 'image'" in text and "did you mean 'img'" in text
+    assert "missing required column 'split'" in text and "did you mean 'Split'" in text
+
+
+def test_unlabeled_rows_and_split_aliases(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    table = pd.DataFrame({"image": ["0.png", "1.png"], "split": ["Training", "validation"], "label": ["a", None]})
+    manifest = build_manifest(table, tmp_path)
+    assert manifest.table["split"].tolist() == ["train", "val"]
+    assert manifest.label(0) == 0 and manifest.label(1) is None
+
+
+def test_allow_outside_root_is_explicit(tmp_path):
+    write_image(tmp_path / "outside.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    table = pd.DataFrame({"image": ["../outside.png"], "split": ["train"]})
+    with pytest.raises(ManifestError, match="escapes the data root"):
+        build_manifest(table, root)
+    assert len(build_manifest(table, root, allow_outside_root=True)) == 1
+
+
+def test_unreadable_manifest_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="nothere.csv: manifest file not found"):
+        read_manifest(tmp_path / "nothere.csv")
+    (tmp_path / "bin.parquet").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(DataError, match=r"bin\.parquet: cannot be read as a table"):
+        read_manifest(tmp_path / "bin.parquet")
+
+
+def test_box_text_roundtrip():
+    assert parse_boxes("1,2,3,4;5,6,7.5,8") == [(1, 2, 3, 4), (5, 6, 7.5, 8)]
+    assert parse_boxes("[[1, 2, 3, 4]]") == [(1, 2, 3, 4)]
+    assert parse_boxes("") == [] and parse_boxes(float("nan")) == []
+    assert format_boxes(parse_boxes("1,2,3,4;5,6,7.5,8")) == "1,2,3,4;5,6,7.50,8"
+    with pytest.raises(ValueError, match="4 numbers"):
+        parse_boxes("1,2,3")

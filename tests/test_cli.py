@@ -1,0 +1,59 @@
+"""The `panderm` command: help, data validate exit codes and messages, Hydra config validation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from panderm.cli import main
+from tests.data.helpers import small_folder
+
+PANDERM = [sys.executable, "-m", "panderm.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*PANDERM, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "data" in out
+    with pytest.raises(SystemExit):
+        main(["data", "validate", "--help"])
+    assert "--deep" in capsys.readouterr().out
+
+
+def test_validate_ok_and_bad(tmp_path, capsys):
+    table = small_folder(tmp_path)
+    table.to_csv(tmp_path / "good.csv", index=False)
+    assert main(["data", "validate", str(tmp_path / "good.csv")]) == 0
+    assert "OK, 6 images (train 2, val 2, test 2)" in capsys.readouterr().out
+
+    bad = pd.concat([table, table.iloc[[0]].assign(split="nope")], ignore_index=True)
+    bad.loc[2, "image"] = "images/gone.png"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["data", "validate", str(tmp_path / "bad.csv"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.csv: 4 problem(s)" in err
+    assert "row 3: field 'image'" in err and "gone.png: file not found" in err
+    assert "row 7: field 'split': unknown split 'nope'" in err
+    assert "row 7: field 'image': duplicate of row 1" in err
+    assert "patient 'P0' appears in more than one split" in err
+
+
+def test_hydra_command_rejects_misspelt_key_and_shows_help(tmp_path):
+    result = run("demo", "data.n_patiens=3", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "n_patiens" in result.stderr
+    result = run("demo", "image_size=big", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0 and "image_size" in result.stderr
+    result = run("demo", "--help")
+    assert result.returncode == 0 and "n_patients" in result.stdout
+    assert not (tmp_path / "run").exists()
