@@ -19,8 +19,10 @@ def write_image(path: Path, size: tuple[int, int] = (32, 24), seed: int = 0, mod
     return path
 
 
-def write_mask(path: Path, size: tuple[int, int] = (32, 24), box: tuple[int, int, int, int] = (4, 5, 20, 15)) -> Path:
-    """A {0,255} PNG mask of `size` (W, H) whose foreground is the rectangle `box` (x1, y1, x2, y2 exclusive)."""
+def write_mask(
+    path: Path, size: tuple[int, int] = (32, 24), box: tuple[int, int, int, int] = (4, 5, 20, 15)
+) -> Path:
+    """A {0,255} PNG mask of `size` (W, H) whose foreground is `box` (x1, y1, x2, y2 exclusive)."""
     mask = np.zeros((size[1], size[0]), np.uint8)
     x1, y1, x2, y2 = box
     mask[y1:y2, x1:x2] = 255

@@ -51,7 +51,9 @@ def test_panderm_csv_loads_unchanged(tmp_path, column):
         "image,split,"
         + column
         + ",extra\n"
-        + "".join(f"imgs/ISIC_{i:07d}.jpg,{['train', 'val', 'test', 'train'][i]},{i % 2},x{i}\n" for i in range(4))
+        + "".join(
+            f"imgs/ISIC_{i:07d}.jpg,{['train', 'val', 'test', 'train'][i]},{i % 2},x{i}\n" for i in range(4)
+        )
     )
     manifest = read_manifest(csv)
     assert manifest.classes == ("0", "1")
@@ -63,24 +65,20 @@ def test_every_problem_is_reported_with_its_row(tmp_path):
     table = small_folder(tmp_path)
     write_truncated_jpeg(tmp_path / "images" / "broken.jpg")
     (tmp_path / "images" / "notimage.png").write_text("hello")
-    bad = pd.concat(
-        [
-            table,
-            pd.DataFrame(
-                [
-                    {"image": "images/missing.png", "split": "train", "label": "nevus", "patient_id": "Q1"},  # 7
-                    {"image": "images/img0.png", "split": "train", "label": "nevus", "patient_id": "P0"},  # 8 dup
-                    {"image": "images/img1.png", "split": "holdout", "label": "nevus", "patient_id": "Q2"},  # 9
-                    {"image": "images/img2.png", "split": "test", "label": "bcc", "patient_id": "Q3"},  # 10
-                    {"image": "../outside.png", "split": "test", "label": "nevus", "patient_id": "Q4"},  # 11
-                    {"image": "images/notimage.png", "split": "test", "label": "nevus", "patient_id": "Q5"},  # 12
-                    {"image": "images/img3.png", "split": "test", "label": "nevus", "bbox": "9,9,3,3"},  # 13
-                    {"image": "images/img4.png", "split": "test", "label": "nevus", "mask": "masks/nope.png"},  # 14
-                ]
-            ),
+    extra = pd.DataFrame(
+        [  # image, split, label, patient_id, bbox, mask; data rows 7..14
+            ("images/missing.png", "train", "nevus", "Q1", None, None),  # 7: missing file
+            ("images/img0.png", "train", "nevus", "P0", None, None),  # 8: duplicate of row 1
+            ("images/img1.png", "holdout", "nevus", "Q2", None, None),  # 9: unknown split
+            ("images/img2.png", "test", "bcc", "Q3", None, None),  # 10: unknown class
+            ("../outside.png", "test", "nevus", "Q4", None, None),  # 11: escapes the root
+            ("images/notimage.png", "test", "nevus", "Q5", None, None),  # 12: not an image
+            ("images/img3.png", "test", "nevus", None, "9,9,3,3", None),  # 13: bad box
+            ("images/img4.png", "test", "nevus", None, None, "masks/nope.png"),  # 14: missing mask
         ],
-        ignore_index=True,
+        columns=["image", "split", "label", "patient_id", "bbox", "mask"],
     )
+    bad = pd.concat([table, extra], ignore_index=True)
     bad.loc[1, "split"] = "test"  # row 2: patient P0 now in train (row 1) and test (row 2)
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ManifestError) as info:
@@ -129,7 +127,9 @@ def test_missing_columns_named_with_suggestion(tmp_path):
 def test_unlabeled_rows_and_split_aliases(tmp_path):
     for i in range(2):
         write_image(tmp_path / f"{i}.png", seed=i)
-    table = pd.DataFrame({"image": ["0.png", "1.png"], "split": ["Training", "validation"], "label": ["a", None]})
+    table = pd.DataFrame(
+        {"image": ["0.png", "1.png"], "split": ["Training", "validation"], "label": ["a", None]}
+    )
     manifest = build_manifest(table, tmp_path)
     assert manifest.table["split"].tolist() == ["train", "val"]
     assert manifest.label(0) == 0 and manifest.label(1) is None
@@ -146,7 +146,7 @@ def test_allow_outside_root_is_explicit(tmp_path):
 
 
 def test_unreadable_manifest_file_is_named(tmp_path):
-    with pytest.raises(DataError, match="nothere.csv: manifest file not found"):
+    with pytest.raises(DataError, match=r"nothere\.csv: manifest file not found"):
         read_manifest(tmp_path / "nothere.csv")
     (tmp_path / "bin.parquet").write_bytes(b"\x00\x01garbage")
     with pytest.raises(DataError, match=r"bin\.parquet: cannot be read as a table"):
