@@ -16,8 +16,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from panderm.data.manifest import Manifest
-from panderm.data.overview import add_overview
-from panderm.data.sources import load_data
+from panderm.data.overview import add_overview, loading_check
+from panderm.data.sources import SKIPPED_IMAGES, load_data, make_dataset
+from panderm.data.transforms import eval_transform
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
 
@@ -40,11 +41,12 @@ class DemoContext:
 
 
 def data_stage(ctx: DemoContext) -> None:
-    """Generate SynthDerm and SynthCXR and describe them (counts, sample grids with masks and boxes)."""
+    """Generate SynthDerm and SynthCXR, describe them (counts, sample grids with masks and boxes) and decode
+    every image once through the evaluation pipeline (bad images follow `data.on_bad_image`)."""
     for data_cfg in (ctx.cfg.data, ctx.cfg.radiology):
         manifest = load_data(data_cfg, ctx.run_dir)
         ctx.data[data_cfg.name] = manifest
-        ctx.metrics.setdefault("data", {})[data_cfg.name] = add_overview(
+        metrics = add_overview(
             ctx.report,
             manifest,
             data_cfg.name,
@@ -52,7 +54,16 @@ def data_stage(ctx: DemoContext) -> None:
             n_samples=ctx.cfg.overview.n_samples,
             columns=list(ctx.cfg.overview.columns),
             seed=ctx.cfg.seed,
+            on_bad_image=data_cfg.on_bad_image,
         )
+        dataset = make_dataset(manifest, data_cfg, ctx.run_dir, eval_transform(ctx.cfg.image_size))
+        check = loading_check(dataset)
+        skipped = f"; {check['skipped']} skipped, listed in `{SKIPPED_IMAGES}`" if check["skipped"] else ""
+        ctx.report.text(
+            f"Loading check: {check['loaded']} images decoded through the {ctx.cfg.image_size}-px evaluation "
+            f"pipeline at {check['images_per_s']:.0f} images/s{skipped}."
+        )
+        ctx.metrics.setdefault("data", {})[data_cfg.name] = {**metrics, "loading": check}
 
 
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [("data", data_stage)]

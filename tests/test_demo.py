@@ -11,17 +11,22 @@ import pytest
 from PIL import Image
 
 from panderm.data.manifest import read_manifest
+from tests.data.helpers import small_folder, write_truncated_jpeg
+
+
+def run_demo(run_dir, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "panderm.cli", "demo", f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_demo_writes_report_with_figures(tmp_path):
     run_dir = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "panderm.cli", "demo", f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_demo(run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
@@ -43,3 +48,32 @@ def test_demo_writes_report_with_figures(tmp_path):
     derm = pd.read_csv(run_dir / "data" / "synthderm" / "manifest.csv")
     assert set(derm["modality"]) == {"dermoscopy", "clinical", "tbp"}
     assert "Images per modality and split" in report and "Images per fitzpatrick and split" in report
+
+
+def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
+    table = small_folder(tmp_path / "data")
+    write_truncated_jpeg(tmp_path / "data" / "images" / "broken.jpg")
+    table.loc[len(table)] = {
+        "image": "images/broken.jpg",
+        "split": "train",
+        "label": "nevus",
+        "patient_id": "P9",
+    }
+    table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
+    common = ["data=manifest", f"data.path={tmp_path / 'data' / 'manifest.csv'}", "radiology.n_patients=40"]
+
+    failed = run_demo(tmp_path / "strict", *common)
+    assert failed.returncode == 1
+    assert "broken.jpg: corrupt or unreadable image" in failed.stderr
+
+    skipped = run_demo(tmp_path / "lenient", *common, "data.on_bad_image=skip")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    listed = pd.read_csv(tmp_path / "lenient" / "skipped_images.csv")
+    assert listed["path"].tolist() == [str(tmp_path / "data" / "images" / "broken.jpg")]
+    metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())
+    assert metrics["data"]["manifest"]["loading"] == {
+        "loaded": 6,
+        "skipped": 1,
+        "images_per_s": metrics["data"]["manifest"]["loading"]["images_per_s"],
+    }
+    assert "1 skipped, listed in `skipped_images.csv`" in (tmp_path / "lenient" / "report.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
+from torch.utils.data import DataLoader
 
-from panderm.data.dataset import ManifestDataset
+from panderm.data.dataset import BadImagePolicy, ManifestDataset, collate
 from panderm.data.manifest import SPLITS, Manifest
 from panderm.io import atomic_write
 from panderm.report import Report
@@ -66,9 +68,13 @@ def plot_sample_grid(
     n: int = 16,
     seed: int = 0,
     caption_columns: Sequence[str] = ("modality",),
+    on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
 ) -> Path:
-    """Save a PNG grid of `n` samples (class-balanced) with mask outlines (cyan) and boxes (red)."""
-    dataset = ManifestDataset(manifest)
+    """Save a PNG grid of `n` samples (class-balanced) with mask outlines (cyan) and boxes (red).
+
+    An unreadable image raises `ImageLoadError`, or with `on_bad_image="skip"` is shown as an empty tile.
+    """
+    dataset = ManifestDataset(manifest, on_bad_image=on_bad_image)
     rows = sample_rows(manifest, n, seed)
     cols = min(len(rows), 8) or 1
     grid_rows = -(-len(rows) // cols) or 1
@@ -77,7 +83,10 @@ def plot_sample_grid(
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, rows, strict=False):
-        sample = dataset.load(i)
+        sample = dataset[i]
+        if sample is None:
+            ax.set_title(f"unreadable:\n{manifest.table['image'].iat[i]}", fontsize=6, color="red")
+            continue
         ax.imshow(sample["image"])
         if "mask" in sample and sample["mask"].any():
             ax.contour(sample["mask"], levels=[0.5], colors="cyan", linewidths=0.8)
@@ -101,6 +110,7 @@ def add_overview(
     n_samples: int = 16,
     columns: Sequence[str] = ("label", "modality", "fitzpatrick"),
     seed: int = 0,
+    on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
 ) -> dict[str, object]:
     """Append a data-overview section (split/column counts, sample grid) to `report`; return its metrics."""
     figures_dir = Path(figures_dir)
@@ -111,7 +121,9 @@ def add_overview(
     for column in columns:
         if column in manifest.table:
             report.table(count_table(manifest, column), f"Images per {column} and split")
-    grid = plot_sample_grid(manifest, figures_dir / f"{name}_samples.png", n=n_samples, seed=seed)
+    grid = plot_sample_grid(
+        manifest, figures_dir / f"{name}_samples.png", n=n_samples, seed=seed, on_bad_image=on_bad_image
+    )
     report.figure(
         grid,
         f"{name}: samples per class, mask outlines in cyan, boxes in red",
@@ -122,3 +134,20 @@ def add_overview(
         "classes": list(manifest.classes or ()),
         "per_split": split_table(manifest).set_index("split")["images"].to_dict(),
     }
+
+
+def loading_check(
+    dataset: ManifestDataset, *, batch_size: int = 64, num_workers: int = 0
+) -> dict[str, float]:
+    """Decode every sample through the dataset's transform once; count loaded and skipped images and time it.
+
+    Raises `ImageLoadError` naming the first bad file unless the dataset's policy is to skip.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    start = time.perf_counter()
+    loaded = skipped = 0
+    for batch in loader:
+        skipped += batch["skipped"]
+        loaded += len(batch.get("index", ()))
+    seconds = time.perf_counter() - start
+    return {"loaded": loaded, "skipped": skipped, "images_per_s": round(loaded / max(seconds, 1e-9), 1)}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from panderm.config import DataConfig, DataSource
+from panderm.data.dataset import ManifestDataset
 from panderm.data.manifest import Manifest, read_manifest
 from panderm.errors import ConfigError
+
+SKIPPED_IMAGES = "skipped_images.csv"
 
 
 def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> Manifest:
@@ -53,3 +58,18 @@ def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> 
     if source is DataSource.dicom:
         return readers.read_dicom_folder(cfg.path)
     return readers.read_nifti_folder(cfg.path, modality=cfg.modality or "ct")
+
+
+def make_dataset(
+    manifest: Manifest,
+    cfg: DataConfig | DictConfig,
+    run_dir: str | os.PathLike[str],
+    transform: Callable[..., dict[str, Any]] | None = None,
+) -> ManifestDataset:
+    """A dataset with the config's bad-image policy; skipped files go to `<run_dir>/skipped_images.csv`."""
+    return ManifestDataset(
+        manifest,
+        transform,
+        on_bad_image=cfg.on_bad_image,
+        bad_image_log=Path(run_dir) / SKIPPED_IMAGES,
+    )
