@@ -24,3 +24,11 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return shared_path()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
