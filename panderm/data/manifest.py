@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "test
 REQUIRED_COLUMNS = ("image", "split")
 KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice")
 
+PROBE_THREADS = 8
 Box = tuple[float, float, float, float]
 
 
@@ -305,38 +307,38 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
     problems: list[str] = []
     table = manifest.table
     seen: dict[tuple[str, str], int] = {}
-    has_slice = "slice" in table
+    slices = table["slice"].astype(str) if "slice" in table else pd.Series("", index=table.index)
+    to_probe: list[tuple[int, str, Path]] = []
     for i in range(len(table)):
         row = int(table["row"].iat[i])
         image = table["image"].iat[i]
-        key = (os.path.normpath(image), str(table["slice"].iat[i]) if has_slice else "")
+        key = (os.path.normpath(image), slices.iat[i])
         if key in seen:
             problems.append(f"row {row}: field 'image': duplicate of row {seen[key]} ({image!r})")
         else:
             seen[key] = row
         for field in ("image", "mask"):
-            if field not in table:
-                continue
-            value = table[field].iat[i]
-            if field == "mask" and (pd.isna(value) or str(value).strip() == ""):
-                continue
-            if field == "image" and (value == "" or value == "nan"):
-                problems.append(f"row {row}: field 'image': empty path")
+            value = table[field].iat[i] if field in table else None
+            if value is None or pd.isna(value) or str(value).strip() in ("", "nan"):
+                if field == "image":
+                    problems.append(f"row {row}: field 'image': empty path")
                 continue
             try:
-                path = manifest.path(str(value))
+                to_probe.append((row, field, manifest.path(str(value))))
             except DataError as exc:
                 problems.append(f"row {row}: field {field!r}: {exc}")
-                continue
-            if check_files:
-                issue = probe_image(path, deep=deep)
-                if issue:
-                    problems.append(f"row {row}: field {field!r}: {path}: {issue}")
         if "bbox" in table:
             try:
                 parse_boxes(table["bbox"].iat[i])
             except (ValueError, TypeError) as exc:
                 problems.append(f"row {row}: field 'bbox': {table['bbox'].iat[i]!r}: {exc}")
+    if check_files:
+        # File checks are I/O bound (and slow on network storage), so they run in a thread pool.
+        with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
+            issues = pool.map(lambda item: probe_image(item[2], deep=deep), to_probe)
+            for (row, field, path), issue in zip(to_probe, issues, strict=True):
+                if issue:
+                    problems.append(f"row {row}: field {field!r}: {path}: {issue}")
     problems += _leakage(table)
     return problems
 
