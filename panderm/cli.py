@@ -15,7 +15,6 @@ from pathlib import Path
 from panderm import __version__
 from panderm.errors import PandermError
 
-log = logging.getLogger("panderm")
 
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name (= primary config in configs/): (task "module:function" called as task(cfg, run_dir), help text)
@@ -48,7 +47,7 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
             task(cfg, run_dir)
             print(f"outputs: {run_dir}")
         except PandermError as exc:
-            log.error("%s", exc)
+            print(f"error: {exc}", file=sys.stderr)
             status["code"] = 1
 
     argv, sys.argv = sys.argv, [f"panderm {config_name}", *overrides]
