@@ -15,7 +15,6 @@ from pathlib import Path
 from panderm import __version__
 from panderm.errors import PandermError
 
-
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name (= primary config in configs/): (task "module:function" called as task(cfg, run_dir), help text)
     "demo": (
