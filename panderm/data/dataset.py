@@ -81,38 +81,33 @@ class ManifestDataset(Dataset):
             bad_image_log = BadImageLog(bad_image_log)
         self.bad_image_log = bad_image_log
         self.with_masks = with_masks and "mask" in manifest.table
-        self._boxes = takes_boxes(transform)
+        self._takes_boxes = takes_boxes(transform)
+        # Per-row fields are resolved once here: pandas cell access per sample costs more than decoding.
         table = manifest.table
-        self._labels = table["label"].fillna(-1).astype(int).to_numpy() if "label" in table else None
-        self._options = [c for c in RADIOLOGY_OPTIONS if c in table]
+        self._images = [manifest.image_path(i) for i in range(len(table))]
+        self._masks = [manifest.mask_path(i) if self.with_masks else None for i in range(len(table))]
+        self._boxes = [[list(b) for b in manifest.boxes(i)] for i in range(len(table))]
+        self._ids = table["image"].astype(str).tolist()
+        self._labels = (
+            table["label"].fillna(-1).astype(int).tolist() if "label" in table else [-1] * len(table)
+        )
+        self._options = [_load_options(row) for row in table.to_dict("records")]
 
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def _load_options(self, i: int) -> dict[str, Any]:
-        row = self.manifest.table
-        options = {}
-        for column in self._options:
-            value = row[column].iat[i]
-            if pd.notna(value):
-                options["slice_index" if column == "slice" else column] = (
-                    int(value) if column in ("slice", "axis") else str(value)
-                )
-        return options
-
     def load(self, i: int) -> dict[str, Any]:
         """Load row `i` without transforms; raises `ImageLoadError` naming the file."""
-        image = load_image(self.manifest.image_path(i), **self._load_options(i))
+        image = load_image(self._images[i], **self._options[i])
         sample: dict[str, Any] = {
             "image": image,
-            "label": int(self._labels[i]) if self._labels is not None else -1,
-            "boxes": [list(b) for b in self.manifest.boxes(i)],
+            "label": self._labels[i],
+            "boxes": [list(b) for b in self._boxes[i]],
             "index": i,
-            "id": str(self.manifest.table["image"].iat[i]),
+            "id": self._ids[i],
         }
-        mask_path = self.manifest.mask_path(i) if self.with_masks else None
-        if mask_path is not None:
-            sample["mask"] = load_mask(mask_path, shape=image.shape[:2])
+        if self._masks[i] is not None:
+            sample["mask"] = load_mask(self._masks[i], shape=image.shape[:2])
         return sample
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
@@ -133,7 +128,7 @@ class ManifestDataset(Dataset):
         inputs: dict[str, Any] = {"image": sample["image"]}
         if "mask" in sample:
             inputs["mask"] = sample["mask"]
-        if self._boxes:
+        if self._takes_boxes:
             inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
             inputs["box_labels"] = [0] * len(sample["boxes"])
         out = self.transform(**inputs)
@@ -141,6 +136,17 @@ class ManifestDataset(Dataset):
             out["boxes"] = np.asarray(out.pop("bboxes"), dtype=np.float32).reshape(-1, 4).tolist()
             out.pop("box_labels", None)
         return out
+
+
+def _load_options(row: dict[str, Any]) -> dict[str, Any]:
+    """Radiology loader options (slice, axis, window) present in a manifest row."""
+    options: dict[str, Any] = {}
+    for column in RADIOLOGY_OPTIONS:
+        value = row.get(column)
+        if value is not None and pd.notna(value):
+            key = "slice_index" if column == "slice" else column
+            options[key] = int(value) if column in ("slice", "axis") else str(value)
+    return options
 
 
 def _policy(value: BadImagePolicy | str) -> BadImagePolicy:
