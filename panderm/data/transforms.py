@@ -23,6 +23,15 @@ def _finish(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransfor
     return [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
 
 
+def _crop_and_flip(image_size: int, scale: tuple[float, float]) -> list[A.BasicTransform]:
+    """Random resized crop to a square plus horizontal and vertical flips (lesions have no orientation)."""
+    return [
+        A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
+        A.HorizontalFlip(),
+        A.VerticalFlip(),
+    ]
+
+
 def eval_transform(
     image_size: int = 224,
     *,
@@ -53,9 +62,7 @@ def train_transform(
     """Supervised training / fine-tuning: random resized crop, flips, rotation, mild colour jitter."""
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
-            A.HorizontalFlip(),
-            A.VerticalFlip(),
+            *_crop_and_flip(image_size, scale),
             A.RandomRotate90(),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
             *_finish(mean, std),
@@ -75,9 +82,7 @@ def ssl_view_transform(
     """One self-supervised view (BYOL/DINO-style): crop, flips, colour jitter, grey, blur, solarise."""
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(image_size, image_size), scale=scale, interpolation=cv2.INTER_CUBIC),
-            A.HorizontalFlip(),
-            A.VerticalFlip(),
+            *_crop_and_flip(image_size, scale),
             A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
             A.ToGray(p=0.2),
             A.GaussianBlur(sigma_limit=(0.1, 2.0), p=blur_p),
@@ -116,11 +121,7 @@ def segmentation_train_transform(
     """Segmentation training: geometric changes applied to image, mask and boxes alike, then colour."""
     return A.Compose(
         [
-            A.RandomResizedCrop(
-                size=(image_size, image_size), scale=(0.5, 1.0), interpolation=cv2.INTER_CUBIC
-            ),
-            A.HorizontalFlip(),
-            A.VerticalFlip(),
+            *_crop_and_flip(image_size, (0.5, 1.0)),
             A.Affine(rotate=(-30, 30), scale=(0.9, 1.1), p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
             *_finish(mean, std),
