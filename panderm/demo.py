@@ -74,8 +74,9 @@ def run_demo(cfg: DictConfig, run_dir: str | Path) -> Path:
     run_dir = start_run(cfg, run_dir)
     report = Report("panderm demo")
     report.text(
-        "The end-to-end tour of panderm on its embedded synthetic data. Seed "
-        f"{cfg.seed}, image size {cfg.image_size} px; the resolved configuration is in `config.yaml`."
+        f"The end-to-end tour of panderm on `{cfg.data.name}` and `{cfg.radiology.name}` (the embedded "
+        f"synthetic data unless overridden). Seed {cfg.seed}, image size {cfg.image_size} px; the resolved "
+        "configuration is in `config.yaml`."
     )
     ctx = DemoContext(cfg, run_dir, report)
     timings = {}

@@ -159,15 +159,20 @@ def _policy(value: BadImagePolicy | str) -> BadImagePolicy:
 
 
 def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Batch samples, dropping skipped (None) ones; tensors are stacked, lists of views stacked per view,
-    `boxes` kept as a list of (n_i, 4) float tensors, everything else as a list. `skipped` counts drops."""
+    """Batch samples, dropping skipped (None) ones; `skipped` counts the drops.
+
+    Tensors and equal-shaped arrays are stacked, `views` stacked per view, `boxes` kept as a list of (n_i, 4)
+    float tensors, ints become a tensor, anything else a list. A key that only some samples have (a mask
+    for some rows) becomes a list with None where it is missing.
+    """
     kept = [s for s in batch if s is not None]
     out: dict[str, Any] = {"skipped": len(batch) - len(kept)}
-    if not kept:
-        return out
-    for key in kept[0]:
-        values = [s[key] for s in kept]
-        if key == "boxes":
+    keys = dict.fromkeys(key for sample in kept for key in sample)
+    for key in keys:
+        values = [s.get(key) for s in kept]
+        if any(v is None for v in values):
+            out[key] = values
+        elif key == "boxes":
             out[key] = [torch.as_tensor(v, dtype=torch.float32).reshape(-1, 4) for v in values]
         elif key == "views":
             out[key] = [torch.stack(view) for view in zip(*values, strict=True)]

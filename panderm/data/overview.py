@@ -92,7 +92,7 @@ def plot_sample_grid(
             ax.contour(sample["mask"], levels=[0.5], colors="cyan", linewidths=0.8)
         for x1, y1, x2, y2 in sample["boxes"]:
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=0.8))
-        title = [str(names.iat[i])] if names is not None and pd.notna(names.iat[i]) else []
+        title = [] if names is None else [str(names.iat[i]) if pd.notna(names.iat[i]) else "(unlabeled)"]
         title += [str(manifest.table[c].iat[i]) for c in caption_columns if c in manifest.table]
         ax.set_title("\n".join(title), fontsize=7)
     fig.tight_layout()

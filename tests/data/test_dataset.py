@@ -92,3 +92,12 @@ def test_mask_size_mismatch_is_an_error(tmp_path):
 def test_bad_policy_name_is_a_config_error(manifest):
     with pytest.raises(ConfigError, match="on_bad_image='ignore'"):
         ManifestDataset(manifest, on_bad_image="ignore")
+
+
+def test_batches_mixing_rows_with_and_without_masks(tmp_path):
+    table = small_folder(tmp_path)
+    table.loc[1, "mask"] = None  # e.g. ISIC's unlabeled test images have no mask
+    dataset = ManifestDataset(build_manifest(table, tmp_path), segmentation_eval_transform(16))
+    batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate)))
+    assert batch["image"].shape == (3, 3, 16, 16)
+    assert batch["mask"][1] is None and batch["mask"][0].shape == batch["mask"][2].shape == (16, 16)
