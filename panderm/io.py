@@ -41,3 +41,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write `obj` as indented JSON atomically (non-JSON values are written with `str`)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def stamp_matches(path: str | os.PathLike[str], params: dict[str, Any]) -> bool:
+    """Whether the JSON stamp at `path` records every key of `params` with the same value.
+
+    Generated or exported folders write their stamp last, so a matching stamp vouches for the whole folder;
+    a missing or unreadable stamp never matches.
+    """
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {key: saved.get(key) for key in params} == params

@@ -25,7 +25,7 @@ from PIL import Image
 
 from panderm.data.manifest import SPLITS, Manifest, build_manifest, read_manifest
 from panderm.errors import DataError, ManifestError
-from panderm.io import atomic_write_json
+from panderm.io import atomic_write_json, stamp_matches
 
 logger = logging.getLogger(__name__)
 
@@ -167,16 +167,13 @@ def _stamp(npz_path: Path, classes: Sequence[str] | int | None) -> dict[str, Any
 def _reuse(out_dir: Path, stamp: dict[str, Any]) -> Manifest | None:
     """The earlier export when its stamp matches and its manifest still validates, else None."""
     stamp_path, manifest_path = out_dir / STAMP_NAME, out_dir / MANIFEST_NAME
-    if not (stamp_path.is_file() and manifest_path.is_file()):
+    if not manifest_path.is_file():
+        return None
+    if not stamp_matches(stamp_path, stamp):
+        logger.info("%s: no export stamp matching %s; exporting", out_dir, stamp["npz"])
         return None
     try:
         saved = json.loads(stamp_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if {k: saved.get(k) for k in stamp} != stamp:
-        logger.info("%s: export stamp differs from %s; exporting again", out_dir, stamp["npz"])
-        return None
-    try:
         return read_manifest(manifest_path, out_dir, classes=saved.get("classes"))
     except (ManifestError, DataError) as exc:
         logger.warning("%s: earlier export is damaged (%s); exporting again", out_dir, exc)

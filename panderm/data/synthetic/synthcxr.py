@@ -18,7 +18,6 @@ opacity or fluid inside them. Everything is drawn here with numpy and OpenCV.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -34,7 +33,7 @@ from PIL import Image
 from panderm.data.images import mask_to_box
 from panderm.data.manifest import build_manifest, format_boxes, write_table
 from panderm.errors import ConfigError
-from panderm.io import atomic_write, atomic_write_json
+from panderm.io import atomic_write, atomic_write_json, stamp_matches
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def generate_synthcxr(
     params = _check_params(n_patients, image_size, seed, splits)
     out = Path(out_dir)
     manifest_path, stamp_path = out / "manifest.csv", out / "generator.json"
-    if manifest_path.is_file() and _read_stamp(stamp_path) == params:
+    if manifest_path.is_file() and stamp_matches(stamp_path, params):
         return manifest_path
     # A regeneration that dies halfway must not leave a stamp that vouches for the old files.
     stamp_path.unlink(missing_ok=True)
@@ -160,13 +159,6 @@ def _check_params(n_patients: int, image_size: int, seed: int, splits: Sequence[
         "seed": int(seed),
         "splits": fractions,
     }
-
-
-def _read_stamp(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

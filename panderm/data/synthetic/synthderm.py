@@ -38,7 +38,6 @@ asymmetry, border, colors (;-joined), n_colors, structures (;-joined), n_structu
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -64,7 +63,7 @@ from panderm.data.synthetic.common import (
     to_uint8,
 )
 from panderm.errors import ConfigError
-from panderm.io import atomic_write_json
+from panderm.io import atomic_write_json, stamp_matches
 
 log = logging.getLogger(__name__)
 
@@ -994,13 +993,9 @@ def generate_synthderm(
         "splits": list(splits),
     }
     manifest_path, stamp_path = out / "manifest.csv", out / "generator.json"
-    if manifest_path.is_file() and stamp_path.is_file():
-        try:
-            if json.loads(stamp_path.read_text(encoding="utf-8")) == params:
-                log.debug("reusing SynthDerm archive at %s", out)
-                return manifest_path
-        except (OSError, json.JSONDecodeError):
-            pass  # an unreadable stamp means regenerate
+    if manifest_path.is_file() and stamp_matches(stamp_path, params):
+        log.debug("reusing SynthDerm archive at %s", out)
+        return manifest_path
     stamp_path.unlink(missing_ok=True)  # the archive is invalid until the new stamp is written
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
