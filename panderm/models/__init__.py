@@ -1,0 +1,1 @@
+"""Models: the encoder factory, checkpoints, teachers, masking and heads."""

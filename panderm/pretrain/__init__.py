@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: objectives, the LightningModule and DataModule, the command."""
