@@ -58,8 +58,9 @@ class EncoderSpec:
 def sincos_pos_embed(grid: tuple[int, int], dim: int, *, cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding (1, [1 +] gh·gw, dim); the CLS position is zeros.
 
-    Written here because timm builds it only inside other model classes; the layout follows the MAE/BEiT
-    convention: the first half of the channels encodes the row (h) coordinate, the second half the column.
+    Written here because timm builds it only inside other model classes; the layout follows the MoCo v3 / CAE
+    convention (PanDerm's lineage): the first half of the channels encodes the row (h) coordinate, the second
+    half the column (MAE's table is its transpose).
     """
     if dim % 4:
         raise ConfigError(f"sin-cos position embedding needs embed_dim divisible by 4, got {dim}")
@@ -86,6 +87,10 @@ class Encoder(nn.Module):
         super().__init__()
         if spec.arch not in ARCHITECTURES:
             raise ConfigError(f"encoder.arch={spec.arch!r} is not one of {sorted(ARCHITECTURES)}")
+        for name in ("image_size", "patch_size"):
+            value = getattr(spec, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"encoder.{name}={value!r} must be a positive integer")
         if spec.image_size % spec.patch_size:
             raise ConfigError(
                 f"encoder.image_size={spec.image_size} is not a multiple of patch_size={spec.patch_size}"
@@ -93,12 +98,15 @@ class Encoder(nn.Module):
         if spec.pos_embed not in ("learn", "sincos"):
             raise ConfigError(f"encoder.pos_embed={spec.pos_embed!r} is not 'learn' or 'sincos'")
         dim, depth, heads = ARCHITECTURES[spec.arch]
+        depth = depth if spec.depth is None else spec.depth
+        if depth < 1:
+            raise ConfigError(f"encoder.depth={spec.depth} must be at least 1")
         self.spec = spec
         self.vit = VisionTransformer(
             img_size=spec.image_size,
             patch_size=spec.patch_size,
             embed_dim=dim,
-            depth=spec.depth or depth,
+            depth=depth,
             num_heads=heads,
             num_classes=0,
             init_values=spec.init_values,
@@ -136,6 +144,13 @@ class Encoder(nn.Module):
         """Position embeddings of the patches only, (1, N, D) (decoders use them as query positions)."""
         return self.vit.pos_embed[:, self.vit.num_prefix_tokens :]
 
+    def _layer_indices(self, layers: Sequence[int]) -> list[int]:
+        """0-based block indices (negatives count from the end); raises `ConfigError` when out of range."""
+        for i in layers:
+            if not -self.depth <= i < self.depth:
+                raise ConfigError(f"layer {i} is out of range for an encoder of depth {self.depth}")
+        return [i % self.depth for i in layers]
+
     def _blocks(self, x: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         kept = []
         for i, block in enumerate(self.vit.blocks):
@@ -160,6 +175,11 @@ class Encoder(nn.Module):
         `mask` is (B, N) bool, True = masked, with equal counts per row. With `return_layers` also returns
         the (pre-norm) outputs of those blocks (0-based), e.g. for data2vec-style targets.
         """
+        if mode not in ("drop", "replace"):
+            raise ConfigError(f"mode={mode!r} is not 'drop' or 'replace'")
+        if mask is not None:
+            mask = mask.bool()
+        keep = set(self._layer_indices(return_layers))
         patches = self.vit.patch_embed(x)
         if mask is not None and mode == "replace":
             patches = torch.where(mask[..., None], self.mask_token.to(patches.dtype), patches)
@@ -171,7 +191,7 @@ class Encoder(nn.Module):
                 raise ValueError("mode='drop' needs the same number of visible patches in every row")
             visible = seq[:, prefix:][~mask].reshape(seq.shape[0], int(counts[0]), seq.shape[-1])
             seq = torch.cat([seq[:, :prefix], visible], dim=1)
-        out, layers = self._blocks(seq, set(return_layers))
+        out, layers = self._blocks(seq, keep)
         return (out, layers) if return_layers else out
 
     def features(self, x: torch.Tensor, pooling: Pooling = "cls") -> torch.Tensor:
@@ -184,7 +204,7 @@ class Encoder(nn.Module):
 
     def intermediates(self, x: torch.Tensor, layers: Sequence[int] | int) -> list[torch.Tensor]:
         """Feature maps (B, D, h, w) of the given blocks (0-based; negative counts from the end)."""
-        indices = [i % self.depth for i in layers] if not isinstance(layers, int) else layers
+        indices = self._layer_indices([layers] if isinstance(layers, int) else layers)
         return self.vit.forward_intermediates(x, indices=indices, output_fmt="NCHW", intermediates_only=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
