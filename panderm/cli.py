@@ -21,6 +21,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "panderm.demo:run_demo",
         "the main job: generate the embedded data and write a report of every stage",
     ),
+    "pretrain": ("panderm.pretrain.run:run_pretrain", "self-supervised pretraining of an encoder"),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -73,8 +74,95 @@ class DemoConfig:
     overview: OverviewConfig = field(default_factory=OverviewConfig)
 
 
+@dataclass
+class EncoderConfig:
+    """The student encoder (fields of `panderm.models.encoder.EncoderSpec`) and how to initialise it."""
+
+    arch: str = "vit_tiny"
+    patch_size: int = 8
+    image_size: int = 64
+    depth: int | None = None
+    init_values: float | None = None
+    pos_embed: str = "learn"
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    weights: str | None = None
+
+
+@dataclass
+class TeacherConfig:
+    """A frozen open_clip vision tower for `mlm_clip` (`kind: none` for methods that need no teacher)."""
+
+    kind: str = "none"
+    model_name: str = "ViT-B-16"
+    weights: str | None = None
+    image_size: int | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    """The pretraining method, its masking and its method-specific arguments (`options`)."""
+
+    name: str = "mlm_ema"
+    mask_kind: str = "block"
+    mask_ratio: float = 0.5
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup-cosine per step; layer-wise lr decay when `layer_decay` is set."""
+
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    layer_decay: float | None = None
+    warmup_steps: int = 20
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = 3.0
+    probe_lr: float = 1e-2
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (presets in configs/trainer: cpu, gpu, ddp, fsdp)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 8
+    max_steps: int = -1
+    compile: bool = False
+    deterministic: bool = False
+    log_every_n_steps: int = 5
+    checkpoint_every_n_steps: int = 50
+    progress_bar: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """`panderm pretrain`: self-supervised pretraining of an encoder (see configs/pretrain.yaml)."""
+
+    seed: int = 0
+    image_size: int = 64
+    batch_size: int = 64
+    num_workers: int = 2
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    online_probe: bool = True
+    balance_modalities: bool = True
+    on_nonfinite: str = "raise"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
 def register_configs() -> None:
     """Register the schemas; idempotent."""
     store = ConfigStore.instance()
     store.store(name="demo_schema", node=DemoConfig)
+    store.store(name="pretrain_schema", node=PretrainConfig)
     store.store(group="data", name="data_schema", node=DataConfig)

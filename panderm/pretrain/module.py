@@ -1,0 +1,125 @@
+"""The pretraining LightningModule (solo-learn style): it owns the encoder, the method's heads, the
+optimiser groups and schedule, and an online linear probe on detached features; each method adds its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from panderm.models.encoder import Encoder
+from panderm.pretrain.methods import Method
+from panderm.pretrain.objectives import check_finite
+from panderm.pretrain.optim import build_optimizer, param_groups
+
+
+class PretrainModule(L.LightningModule):
+    """Self-supervised training of `encoder` with `method`; masks come from `mask_fn(batch_size, step)`.
+
+    With `num_classes`, a linear probe on detached, unmasked CLS features trains alongside (its gradient
+    never reaches the encoder) and its balanced accuracy on the validation loader is logged every epoch.
+    `on_nonfinite` is "raise" (stop, naming the step) or "skip" (drop the batch).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        method: Method,
+        mask_fn: Callable[[int, int], torch.Tensor],
+        *,
+        lr: float = 1.5e-4,
+        weight_decay: float = 0.05,
+        layer_decay: float | None = None,
+        warmup_steps: int = 10,
+        total_steps: int | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        num_classes: int | None = None,
+        probe_lr: float = 1e-3,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.method = method
+        # "drop" methods never use the mask token; a parameter without gradient would break DDP.
+        encoder.mask_token.requires_grad_(method.mask_mode == "replace")
+        self.mask_fn = mask_fn
+        self.hparams_dict = dict(lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, betas=betas)
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.probe_lr = probe_lr
+        self.on_nonfinite = on_nonfinite
+        self.probe = nn.Linear(encoder.embed_dim, num_classes) if num_classes else None
+        self.probe_accuracy = MulticlassAccuracy(num_classes, average="macro") if num_classes else None
+
+    def _total_steps(self) -> int:
+        if self.total_steps:
+            return self.total_steps
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "image" not in batch:  # every image of the batch was unreadable and skipped
+            return None
+        images = batch["image"]
+        mask = self.mask_fn(images.shape[0], self.global_step).to(images.device)
+        out = self.method(self.encoder, images, mask, step=self.global_step)
+        loss = out["loss"].float()
+        if not check_finite(loss, self.global_step, policy=self.on_nonfinite):
+            return None  # Lightning skips the optimiser step for a None loss
+        for name, value in out.items():
+            # per step (every log_every_n_steps) and per epoch, so short runs still get a curve
+            self.log(
+                f"train/{name}",
+                value.detach().float(),
+                prog_bar=name == "loss",
+                on_epoch=True,
+                sync_dist=True,
+            )
+        if self.probe is not None:
+            loss = loss + self._probe_step(images, batch["label"])
+        return loss
+
+    def _probe_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labelled = labels >= 0
+        if not bool(labelled.any()):
+            return images.new_zeros(())
+        with torch.no_grad():
+            features = self.encoder.features(images[labelled])
+        probe_loss = F.cross_entropy(self.probe(features), labels[labelled])
+        self.log("train/probe_loss", probe_loss.detach(), sync_dist=True)
+        return probe_loss
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs once per real optimiser step (not per micro-batch, not for skipped batches): EMA updates.
+        self.method.on_after_optimizer_step(self.encoder, self.global_step, self._total_steps())
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.probe is None:
+            return
+        labelled = batch["label"] >= 0
+        if bool(labelled.any()):
+            logits = self.probe(self.encoder.features(batch["image"][labelled]))
+            self.probe_accuracy.update(logits, batch["label"][labelled])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.probe is not None:
+            self.log("val/probe_balanced_accuracy", self.probe_accuracy.compute(), sync_dist=True)
+            self.probe_accuracy.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        heads = [(f"method.{n}", p) for n, p in self.method.named_parameters()]
+        settings = {k: self.hparams_dict[k] for k in ("lr", "weight_decay", "layer_decay")}
+        groups = param_groups(self.encoder, heads, **settings)
+        if self.probe is not None:
+            groups.append({"params": list(self.probe.parameters()), "lr": self.probe_lr, "weight_decay": 0.0})
+        optimizer, schedule = build_optimizer(
+            groups,
+            total_steps=self._total_steps(),
+            warmup_steps=self.warmup_steps,
+            betas=self.hparams_dict["betas"],
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,215 @@
+"""`panderm pretrain`: build data, encoder, method and trainer from the config, fit (resuming from the run
+folder's last checkpoint), export the encoder, and write the loss curve, metrics and report."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from panderm.config import EncoderConfig, TeacherConfig
+from panderm.data.sources import load_data
+from panderm.errors import ConfigError
+from panderm.io import atomic_write
+from panderm.models.checkpoints import load_encoder, save_encoder
+from panderm.models.encoder import Encoder, create_encoder
+from panderm.models.masking import MaskGenerator
+from panderm.pretrain.datamodule import PretrainDataModule
+from panderm.pretrain.methods import build_method
+from panderm.pretrain.module import PretrainModule
+from panderm.report import Report
+from panderm.runs import start_run, write_metrics
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+
+
+def build_encoder(cfg: EncoderConfig | DictConfig) -> Encoder:
+    """A fresh encoder from the config, or one loaded from `cfg.weights` (a panderm encoder export)."""
+    if cfg.weights:
+        return load_encoder(cfg.weights).train()
+    encoder = create_encoder(
+        cfg.arch,
+        cfg.patch_size,
+        cfg.image_size,
+        depth=cfg.depth,
+        init_values=cfg.init_values,
+        pos_embed=cfg.pos_embed,
+        drop_path_rate=cfg.drop_path_rate,
+    )
+    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
+    return encoder
+
+
+def build_teacher(cfg: TeacherConfig | DictConfig, encoder: Encoder) -> torch.nn.Module | None:
+    """The frozen open_clip teacher (re-normalising from the student's mean/std), or None for kind=none."""
+    if cfg.kind == "none":
+        return None
+    if cfg.kind != "openclip":
+        raise ConfigError(f"teacher.kind={cfg.kind!r} is not 'none' or 'openclip'")
+    from panderm.models.teachers import OpenClipTeacher
+
+    return OpenClipTeacher(
+        cfg.model_name,
+        weights=cfg.weights,
+        image_size=cfg.image_size or encoder.spec.image_size,
+        student_mean=encoder.spec.mean,
+        student_std=encoder.spec.std,
+    )
+
+
+class StepMasks:
+    """Masks for a step, reproducible from (seed, step) alone, so resumed runs see the same masks."""
+
+    def __init__(self, generator: MaskGenerator, seed: int) -> None:
+        self.generator, self.seed = generator, seed
+
+    def __call__(self, batch_size: int, step: int) -> torch.Tensor:
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return self.generator(batch_size, generator=rng)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), CSV logs, progress bar."""
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINTS,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_last=True,
+        save_top_k=1,
+    )
+    callbacks: list[Any] = [checkpoint]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:  # tensorboard is optional
+        pass
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.clip_grad,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=t.progress_bar,
+        default_root_dir=run_dir,
+    )
+
+
+def plot_loss(run_dir: Path, path: Path) -> Path | None:
+    """Training loss per step (and per epoch) and the online-probe accuracy against step, from the CSV log."""
+    metrics_csv = run_dir / "logs" / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    frame = pd.read_csv(metrics_csv)
+    curves = [c for c in ("train/loss_step", "train/loss_epoch") if c in frame]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for column, style in zip(curves, ("-", "o--"), strict=False):
+        points = frame.dropna(subset=[column])
+        ax.plot(points["step"], points[column], style, label=column.replace("train/", "training "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    if "val/probe_balanced_accuracy" in frame:
+        probe = frame.dropna(subset=["val/probe_balanced_accuracy"])
+        twin = ax.twinx()
+        twin.plot(probe["step"], probe["val/probe_balanced_accuracy"], "s-", color="tab:orange")
+        twin.set_ylabel("online probe bal. acc. (val, orange)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Pretrain into `run_dir` (resuming from its `checkpoints/last.ckpt` when present); returns metrics."""
+    run_dir = start_run(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    manifest = load_data(cfg.data, run_dir)
+    encoder = build_encoder(cfg.encoder)
+    teacher = build_teacher(cfg.teacher, encoder)
+    options = OmegaConf.to_container(cfg.objective.options, resolve=True)
+    method = build_method(cfg.objective.name, encoder, **({"teacher": teacher} if teacher else {}), **options)
+    masks = MaskGenerator(
+        kind=cfg.objective.mask_kind, ratio=cfg.objective.mask_ratio, grid=encoder.grid_size
+    )
+    if cfg.trainer.compile:
+        for block in encoder.vit.blocks:
+            block.compile()
+    module = PretrainModule(
+        encoder,
+        method,
+        StepMasks(masks, cfg.seed),
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        layer_decay=cfg.optim.layer_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        betas=tuple(cfg.optim.betas),
+        num_classes=manifest.num_classes if cfg.online_probe and manifest.has_labels else None,
+        probe_lr=cfg.optim.probe_lr,
+        on_nonfinite=cfg.on_nonfinite,
+    )
+    data = PretrainDataModule(
+        manifest,
+        run_dir,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        train_splits=list(cfg.train_splits),
+        val_split="val" if cfg.online_probe else None,
+        balance_modalities=cfg.balance_modalities,
+        on_bad_image=cfg.data.on_bad_image,
+        seed=cfg.seed,
+    )
+    trainer = build_trainer(cfg, run_dir)
+    last = run_dir / CHECKPOINTS / LAST
+    if last.is_file():
+        log.info("resuming from %s", last)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    metrics: dict[str, Any] = {
+        key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1
+    }
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        recipe = OmegaConf.to_container(cfg, resolve=True)
+        save_encoder(encoder, run_dir / "encoder", recipe=recipe)
+        curve = plot_loss(run_dir, run_dir / "figures" / "pretrain_loss.png")
+        write_metrics(run_dir, metrics)
+        report = Report("panderm pretrain")
+        report.text(
+            f"`{cfg.objective.name}` on `{cfg.data.name}` ({len(data.train_manifest)} training images), "
+            f"encoder {cfg.encoder.arch}/{cfg.encoder.patch_size} at {cfg.image_size} px, "
+            f"{trainer.global_step} steps. "
+            "The exported encoder is `encoder.safetensors` (+ `encoder.json`)."
+        )
+        if curve:
+            report.figure(curve, "training loss and online-probe balanced accuracy", relative_to=run_dir)
+        report.table(pd.DataFrame([metrics]), "Final metrics")
+        report.write(run_dir)
+    return metrics
