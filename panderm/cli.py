@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from panderm import __version__
 from panderm.errors import PandermError
 
+COMMAND_ENV = "PANDERM_HYDRA_COMMAND"
 HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
     # name (= primary config in configs/): (task "module:function" called as task(cfg, run_dir), help text)
     "demo": (
@@ -50,7 +52,10 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             status["code"] = 1
 
-    argv, sys.argv = sys.argv, [f"panderm {config_name}", *overrides]
+    # Lightning's DDP launcher re-runs sys.argv[0] with the Hydra overrides only; the environment tells
+    # those child processes which command they belong to (see main()).
+    os.environ[COMMAND_ENV] = config_name
+    argv, sys.argv = sys.argv, [sys.argv[0], *overrides]
     try:
         app()
     finally:
@@ -142,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] in HYDRA_COMMANDS:  # Hydra parses its own arguments, --help included
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return _run_hydra(argv[0], argv[1:])
+    relaunched = os.environ.get(COMMAND_ENV)
+    if relaunched in HYDRA_COMMANDS and all("=" in arg for arg in argv):  # a DDP child process
+        return _run_hydra(relaunched, argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from panderm.data.images import load_image, load_mask
 from panderm.data.manifest import Manifest
-from panderm.data.transforms import takes_boxes
+from panderm.data.sampling import SampleKey, sample_seed
+from panderm.data.transforms import seed_transform, takes_boxes
 from panderm.errors import ConfigError, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class ManifestDataset(Dataset):
 
     Without a transform `image` is (H, W, 3) uint8 and `mask` (H, W) uint8 {0, 1}; with an albumentations
     transform they are whatever it returns (CHW float tensors after ToTensorV2), and boxes move with the
-    image when the transform has bbox_params. A mask whose size differs from its image raises
+    image when the transform has bbox_params. Keys are row positions or `(epoch, row)` pairs (from
+    `EpochSampler`); with `seed`, the transform of each sample is seeded from (seed, epoch, row), so the
+    augmentation does not depend on workers or interruptions. A mask whose size differs from its image raises
     `ImageLoadError`. With `on_bad_image="skip"` a corrupt file yields `None` (drop it with `collate`) and is
     recorded in `bad_image_log`; with "error" it raises `ImageLoadError` naming the file.
     """
@@ -73,8 +76,10 @@ class ManifestDataset(Dataset):
         on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
         bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
         with_masks: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.manifest = manifest
+        self.seed = seed
         self.transform = transform
         self.on_bad_image = _policy(on_bad_image)
         if bad_image_log is not None and not isinstance(bad_image_log, BadImageLog):
@@ -110,7 +115,8 @@ class ManifestDataset(Dataset):
             sample["mask"] = load_mask(self._masks[i], shape=image.shape[:2])
         return sample
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any] | None:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         try:
             sample = self.load(i)
         except ImageLoadError as exc:
@@ -121,6 +127,8 @@ class ManifestDataset(Dataset):
                 self.bad_image_log.record(exc.path, exc.reason)
             return None
         if self.transform is not None:
+            if self.seed is not None:
+                seed_transform(self.transform, sample_seed(self.seed, epoch, i))
             sample.update(self._apply(sample))
         return sample
 

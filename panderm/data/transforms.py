@@ -146,3 +146,12 @@ def segmentation_eval_transform(
 def takes_boxes(transform: Any) -> bool:
     """Whether a pipeline wants `bboxes`/`box_labels` passed (an albumentations Compose with bbox_params)."""
     return isinstance(transform, A.Compose) and "bboxes" in getattr(transform, "processors", {})
+
+
+def seed_transform(transform: Any, seed: int) -> None:
+    """Make the next call of a pipeline reproducible: albumentations draws from its own generators, so each
+    Compose (each view of a MultiView) is re-seeded; anything else is left alone."""
+    composes = transform.views if isinstance(transform, MultiView) else [transform]
+    for offset, compose in enumerate(composes):
+        if hasattr(compose, "set_random_seed"):
+            compose.set_random_seed(seed + offset)

@@ -3,7 +3,6 @@ optimiser groups and schedule, and an online linear probe on detached features; 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -19,7 +18,7 @@ from panderm.pretrain.optim import build_optimizer, param_groups
 
 
 class PretrainModule(L.LightningModule):
-    """Self-supervised training of `encoder` with `method`; masks come from `mask_fn(batch_size, step)`.
+    """Self-supervised training of `encoder` with `method` on batches carrying `token_mask` (B, N).
 
     With `num_classes`, a linear probe on detached, unmasked CLS features trains alongside (its gradient
     never reaches the encoder) and its balanced accuracy on the validation loader is logged every epoch.
@@ -30,7 +29,6 @@ class PretrainModule(L.LightningModule):
         self,
         encoder: Encoder,
         method: Method,
-        mask_fn: Callable[[int, int], torch.Tensor],
         *,
         lr: float = 1.5e-4,
         weight_decay: float = 0.05,
@@ -47,7 +45,6 @@ class PretrainModule(L.LightningModule):
         self.method = method
         # "drop" methods never use the mask token; a parameter without gradient would break DDP.
         encoder.mask_token.requires_grad_(method.mask_mode == "replace")
-        self.mask_fn = mask_fn
         self.hparams_dict = dict(lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, betas=betas)
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
@@ -65,7 +62,7 @@ class PretrainModule(L.LightningModule):
         if "image" not in batch:  # every image of the batch was unreadable and skipped
             return None
         images = batch["image"]
-        mask = self.mask_fn(images.shape[0], self.global_step).to(images.device)
+        mask = batch["token_mask"]
         out = self.method(self.encoder, images, mask, step=self.global_step)
         loss = out["loss"].float()
         if not check_finite(loss, self.global_step, policy=self.on_nonfinite):

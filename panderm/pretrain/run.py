@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from panderm.config import EncoderConfig, TeacherConfig
@@ -35,6 +36,7 @@ from panderm.runs import start_run, write_metrics
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+SIGTERM_EXIT = 128 + 15  # the shell's status for a process ended by SIGTERM
 LAST = "last.ckpt"
 
 
@@ -72,17 +74,6 @@ def build_teacher(cfg: TeacherConfig | DictConfig, encoder: Encoder) -> torch.nn
     )
 
 
-class StepMasks:
-    """Masks for a step, reproducible from (seed, step) alone, so resumed runs see the same masks."""
-
-    def __init__(self, generator: MaskGenerator, seed: int) -> None:
-        self.generator, self.seed = generator, seed
-
-    def __call__(self, batch_size: int, step: int) -> torch.Tensor:
-        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return self.generator(batch_size, generator=rng)
-
-
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), CSV logs, progress bar."""
     t = cfg.trainer
@@ -91,6 +82,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         every_n_train_steps=t.checkpoint_every_n_steps,
         save_last=True,
         save_top_k=1,
+        # On SIGTERM (or a crash) Lightning stops after the current batch; this writes last.ckpt right there.
+        save_on_exception=True,
     )
     callbacks: list[Any] = [checkpoint]
     if t.progress_bar:
@@ -117,6 +110,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         logger=loggers,
         enable_progress_bar=t.progress_bar,
         default_root_dir=run_dir,
+        use_distributed_sampler=False,  # EpochSampler splits the data across ranks itself
     )
 
 
@@ -165,7 +159,6 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     module = PretrainModule(
         encoder,
         method,
-        StepMasks(masks, cfg.seed),
         lr=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay,
         layer_decay=cfg.optim.layer_decay,
@@ -178,6 +171,7 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     data = PretrainDataModule(
         manifest,
         run_dir,
+        masks,
         image_size=cfg.image_size,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
@@ -191,7 +185,16 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     last = run_dir / CHECKPOINTS / LAST
     if last.is_file():
         log.info("resuming from %s", last)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    except SIGTERMException:
+        # last.ckpt was saved after the current batch; a non-zero exit tells schedulers the job is unfinished.
+        log.warning(
+            "stopped by SIGTERM at step %d; run again with hydra.run.dir=%s to resume",
+            trainer.global_step,
+            run_dir,
+        )
+        raise SystemExit(SIGTERM_EXIT) from None
     metrics: dict[str, Any] = {
         key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1
     }

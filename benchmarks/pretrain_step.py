@@ -1,0 +1,286 @@
+"""Pretraining step speed: `PretrainModule` under a Lightning Trainer against a bare PyTorch loop, in one run.
+
+Both variants train the same encoder and method (`create_encoder` + `build_method`, from the same seed)
+on one fixed, pre-built batch of random images and per-sample masks (`token_mask`), with the same AdamW
+groups and warmup-cosine schedule (`param_groups` + `build_optimizer`, `OptimConfig` defaults), the same
+gradient-norm clipping and the same non-finite check; the online probe is off in both. The Lightning
+variant fits `PretrainModule` with a Trainer (no logger, checkpointing, progress bar or model summary); the
+bare loop does forward, backward, clipping, optimiser and scheduler step, `zero_grad` and the method's
+`on_after_optimizer_step` (the EMA update) by hand and never imports Lightning. Each variant runs in a fresh
+subprocess (the script re-invokes itself with `--variant`), so peak-memory figures do not mix; variants
+alternate for `--repeats` rounds.
+
+Speed is images per second from the median step time (start of one step to the start of the next, the
+first `--warmup` steps skipped), best over the rounds. Memory is, on CPU, the growth of the process's peak
+RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) from just before training to its end; on CUDA, the peak of
+`torch.cuda.max_memory_allocated` during training (weights included).
+
+Run (CPU, ViT-tiny/8 at 64 px, B=32, mlm_ema): `.venv/bin/python benchmarks/pretrain_step.py [--method mae]`.
+Run (GPU, ViT-B/16 mlm_clip at 224 px with a randomly initialised open_clip ViT-B-16 teacher; nothing is
+downloaded): `.venv/bin/python benchmarks/pretrain_step.py --device cuda --precision bf16-mixed
+--arch vit_base --patch 16 --image-size 224 --method mlm_clip --batch 64 --steps 40 --warmup 10`.
+Prints one line per variant and one comparison line ending in `ratio=<lightning/bare images per second>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from panderm.config import OptimConfig
+from panderm.models.encoder import create_encoder
+from panderm.models.masking import MaskGenerator
+from panderm.pretrain.methods import build_method
+from panderm.pretrain.objectives import check_finite
+from panderm.pretrain.optim import build_optimizer, param_groups
+
+OBJECTIVES = Path(__file__).resolve().parents[1] / "configs" / "objective"
+VARIANTS = ("lightning", "bare")
+
+
+class SameBatch(Dataset):
+    """`length` items, each the same pre-built batch (use with ``batch_size=None``)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], length: int) -> None:
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.batch
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_parts(args: argparse.Namespace) -> dict[str, Any]:
+    """Encoder, method and the batch (images + `token_mask`) on the device, identically for both variants."""
+    device = torch.device(args.device)
+    objective = OmegaConf.load(OBJECTIVES / f"{args.method}.yaml")
+    options = OmegaConf.to_container(objective, resolve=True).get("options") or {}
+    seed_all(args.seed)
+    encoder = create_encoder(args.arch, args.patch, args.image_size, depth=args.depth)
+    if args.method == "mlm_clip":  # random init: nothing is downloaded
+        options["teacher"] = {"model_name": args.teacher, "weights": None, "image_size": args.image_size}
+    method = build_method(args.method, encoder, **options)
+    masks = MaskGenerator(kind=objective.mask_kind, ratio=objective.mask_ratio, grid=encoder.grid_size)
+    rng = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=rng)
+    batch = {"image": images, "token_mask": masks(args.batch, generator=rng)}
+    return {
+        "encoder": encoder,
+        "method": method,
+        "batch": {key: value.to(device) for key, value in batch.items()},
+        "optim": OptimConfig(),
+        "device": device,
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_start(device: torch.device) -> float:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+
+
+def memory_peak(device: torch.device, start: float) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
+
+
+def run_lightning(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from panderm.pretrain.module import PretrainModule
+
+    device = parts["device"]
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.loss: torch.Tensor | None = None
+
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            sync(device)
+            self.marks.append(time.perf_counter())
+
+        def on_train_batch_end(
+            self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            self.loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
+            if batch_idx == args.steps - 1:
+                sync(device)
+                self.marks.append(time.perf_counter())
+
+    optim = parts["optim"]
+    module = PretrainModule(
+        parts["encoder"],
+        parts["method"],
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        layer_decay=optim.layer_decay,
+        warmup_steps=optim.warmup_steps,
+        total_steps=args.steps,
+        betas=tuple(optim.betas),
+        num_classes=None,
+    )
+    loader = DataLoader(SameBatch(parts["batch"], args.steps), batch_size=None)
+    timer = StepTimer()
+    start = memory_start(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            precision=args.precision,
+            max_steps=args.steps,
+            gradient_clip_val=optim.clip_grad,
+            callbacks=[timer],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
+        trainer.fit(module, train_dataloaders=loader)
+    return {"marks": timer.marks, "memory": memory_peak(device, start), "loss": float(timer.loss)}
+
+
+def run_bare(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
+    encoder, method, device = parts["encoder"], parts["method"], parts["device"]
+    optim = parts["optim"]
+    loader = DataLoader(SameBatch(parts["batch"], args.steps), batch_size=None)
+    start = memory_start(device)
+    # what PretrainModule.__init__ and configure_optimizers do, without the probe
+    encoder.mask_token.requires_grad_(method.mask_mode == "replace")
+    encoder.to(device).train()
+    method.to(device).train()
+    heads = [(f"method.{name}", param) for name, param in method.named_parameters()]
+    groups = param_groups(
+        encoder, heads, lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay
+    )
+    optimizer, schedule = build_optimizer(
+        groups, total_steps=args.steps, warmup_steps=optim.warmup_steps, betas=tuple(optim.betas)
+    )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    bf16 = args.precision == "bf16-mixed"
+    marks: list[float] = []
+    loss = torch.zeros(())
+    for step, batch in enumerate(loader):
+        sync(device)
+        marks.append(time.perf_counter())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = method(encoder, batch["image"], batch["token_mask"], step=step)
+            loss = out["loss"].float()
+            check_finite(loss, step)
+        loss.backward()
+        if optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, optim.clip_grad)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.on_after_optimizer_step(encoder, step, args.steps)
+    sync(device)
+    marks.append(time.perf_counter())
+    return {"marks": marks, "memory": memory_peak(device, start), "loss": float(loss.detach())}
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """Child process: train one variant and print its result as one JSON line."""
+    warnings.filterwarnings("ignore", module="lightning")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("panderm").setLevel(logging.ERROR)  # the random-teacher warning
+    parts = build_parts(args)
+    result = (run_lightning if args.variant == "lightning" else run_bare)(args, parts)
+    steps = np.diff(result.pop("marks"))[args.warmup :]
+    result["median_step_s"] = statistics.median(steps.tolist())
+    result["timed_steps"] = len(steps)
+    print(json.dumps(result))
+
+
+def spawn(variant: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{variant} variant failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--arch", default="vit_tiny")
+    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--method", default="mlm_ema", choices=["mlm_ema", "mae", "mlm_clip"])
+    parser.add_argument("--teacher", default="ViT-B-16", help="open_clip model for mlm_clip (random init)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of (lightning, bare) subprocesses")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps - args.warmup < 3:
+        parser.error("--steps must exceed --warmup by at least 3")
+    if args.variant:
+        run_variant(args)
+        return
+
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:
+            runs[variant].append(spawn(variant))
+    memory = "peak allocated" if args.device == "cuda" else "peak RSS growth (getrusage)"
+    speed: dict[str, float] = {}
+    print(
+        f"{args.method}, {args.arch}/{args.patch} at {args.image_size} px, B={args.batch}, {args.device} "
+        f"{args.precision}: {runs['bare'][0]['timed_steps']} timed steps per run, images/s from the median "
+        f"step time, best of {args.repeats} runs"
+    )
+    for variant in VARIANTS:
+        best = min(runs[variant], key=lambda r: r["median_step_s"])
+        speed[variant] = args.batch / best["median_step_s"]
+        mem = max(r["memory"] for r in runs[variant])
+        print(
+            f"{variant}: {speed[variant]:.0f} img/s ({1000 * best['median_step_s']:.1f} ms/step), "
+            f"{memory} {mem:.0f} MiB, final loss {best['loss']:.5f}"
+        )
+    ratio = speed["lightning"] / speed["bare"]
+    print(f"Lightning Trainer vs bare loop: {speed['lightning']:.0f} img/s ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
