@@ -81,7 +81,7 @@ class ManifestDataset(Dataset):
         self.manifest = manifest
         self.seed = seed
         self.transform = transform
-        self.on_bad_image = _policy(on_bad_image)
+        self.on_bad_image = bad_image_policy(on_bad_image)
         if bad_image_log is not None and not isinstance(bad_image_log, BadImageLog):
             bad_image_log = BadImageLog(bad_image_log)
         self.bad_image_log = bad_image_log
@@ -96,7 +96,7 @@ class ManifestDataset(Dataset):
         self._labels = (
             table["label"].fillna(-1).astype(int).tolist() if "label" in table else [-1] * len(table)
         )
-        self._options = [_load_options(row) for row in table.to_dict("records")]
+        self._options = [load_options(row) for row in table.to_dict("records")]
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -129,24 +129,29 @@ class ManifestDataset(Dataset):
         if self.transform is not None:
             if self.seed is not None:
                 seed_transform(self.transform, sample_seed(self.seed, epoch, i))
-            sample.update(self._apply(sample))
+            sample.update(apply_transform(self.transform, sample, self._takes_boxes))
         return sample
 
-    def _apply(self, sample: dict[str, Any]) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"image": sample["image"]}
-        if "mask" in sample:
-            inputs["mask"] = sample["mask"]
-        if self._takes_boxes:
-            inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
-            inputs["box_labels"] = [0] * len(sample["boxes"])
-        out = self.transform(**inputs)
-        if "bboxes" in out:
-            out["boxes"] = np.asarray(out.pop("bboxes"), dtype=np.float32).reshape(-1, 4).tolist()
-            out.pop("box_labels", None)
-        return out
+
+def apply_transform(
+    transform: Callable[..., dict[str, Any]], sample: dict[str, Any], boxes: bool
+) -> dict[str, Any]:
+    """Run an albumentations pipeline on a sample: image, mask (if any) and, when `boxes`, the boxes move
+    together; returns the pipeline's outputs with boxes back under `boxes` as [[x1, y1, x2, y2], ...]."""
+    inputs: dict[str, Any] = {"image": sample["image"]}
+    if "mask" in sample:
+        inputs["mask"] = sample["mask"]
+    if boxes:
+        inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
+        inputs["box_labels"] = [0] * len(sample["boxes"])
+    out = transform(**inputs)
+    if "bboxes" in out:
+        out["boxes"] = np.asarray(out.pop("bboxes"), dtype=np.float32).reshape(-1, 4).tolist()
+        out.pop("box_labels", None)
+    return out
 
 
-def _load_options(row: dict[str, Any]) -> dict[str, Any]:
+def load_options(row: dict[str, Any]) -> dict[str, Any]:
     """Radiology loader options (slice, axis, window) present in a manifest row."""
     options: dict[str, Any] = {}
     for column in RADIOLOGY_OPTIONS:
@@ -157,7 +162,7 @@ def _load_options(row: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _policy(value: BadImagePolicy | str) -> BadImagePolicy:
+def bad_image_policy(value: BadImagePolicy | str) -> BadImagePolicy:
     try:
         return BadImagePolicy(value)
     except ValueError:

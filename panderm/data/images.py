@@ -6,6 +6,7 @@ Photographs (JPEG/PNG/BMP/TIFF/WebP) go through Pillow; DICOM and NIfTI through 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def _kind(path: Path) -> str:
+def image_kind(path: Path) -> str:
+    """ "dicom", "nifti" or "pil" (everything Pillow opens), by file name."""
     name = path.name.lower()
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
@@ -41,7 +43,7 @@ def probe_image(path: str | os.PathLike[str], *, deep: bool = False) -> str | No
         return "not a file"
     if path.stat().st_size == 0:
         return "file is empty"
-    if _kind(path) != "pil":
+    if image_kind(path) != "pil":
         if deep:
             try:
                 load_image(path)
@@ -66,18 +68,22 @@ def load_image(path: str | os.PathLike[str], *, mode: str = "RGB", **options: An
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, "file not found")
-    kind = _kind(path)
+    kind = image_kind(path)
     if kind == "pil":
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert(mode))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(path, f"corrupt or unreadable image ({exc})") from exc
-        return array
+        return decode_image(path.read_bytes(), path, mode=mode)
     from panderm.data import radiology
 
     gray = radiology.load_dicom(path, **options) if kind == "dicom" else radiology.load_nifti(path, **options)
     return np.repeat(gray[..., None], 3, axis=2) if mode == "RGB" else gray
+
+
+def decode_image(data: bytes, name: str | os.PathLike[str], *, mode: str = "RGB") -> np.ndarray:
+    """Decode encoded image bytes (anything Pillow reads) to uint8; `name` is used in the error message."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(name, f"corrupt or unreadable image ({exc})") from exc
 
 
 def load_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -15,7 +15,6 @@ the splits it finished.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import logging
@@ -32,12 +31,18 @@ import numpy as np
 import pandas as pd
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from panderm.data.dataset import BadImageLog, BadImagePolicy, _load_options, _policy, collate
-from panderm.data.images import NIFTI_SUFFIXES, _kind, load_image
+from panderm.data.dataset import (
+    BadImageLog,
+    BadImagePolicy,
+    apply_transform,
+    bad_image_policy,
+    collate,
+    load_options,
+)
+from panderm.data.images import NIFTI_SUFFIXES, decode_image, image_kind, load_image
 from panderm.data.manifest import KNOWN_COLUMNS, SPLITS, Manifest, parse_boxes
 from panderm.data.transforms import takes_boxes
 from panderm.errors import ConfigError, DataError, ImageLoadError
@@ -385,7 +390,7 @@ class ShardDataset(IterableDataset):
         self.transform = transform
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.with_masks = with_masks
-        self.on_bad_image = _policy(on_bad_image)
+        self.on_bad_image = bad_image_policy(on_bad_image)
         if bad_image_log is not None and not isinstance(bad_image_log, BadImageLog):
             bad_image_log = BadImageLog(bad_image_log)
         self.bad_image_log = bad_image_log
@@ -464,7 +469,7 @@ class ShardDataset(IterableDataset):
         meta = json.loads(raw["json"])
         files = meta["files"]
         try:
-            options = _load_options({**meta["extra"], **meta})
+            options = load_options({**meta["extra"], **meta})
             image = _decode_image(raw, files["image"], f"{url}:{key}", options=options)
             sample: dict[str, Any] = {
                 "image": image,
@@ -489,7 +494,7 @@ class ShardDataset(IterableDataset):
                 self.bad_image_log.record(exc.path, exc.reason)
             return None
         if self.transform is not None:
-            sample.update(_apply_transform(self.transform, sample, self._takes_boxes))
+            sample.update(apply_transform(self.transform, sample, self._takes_boxes))
         return sample
 
 
@@ -501,12 +506,8 @@ def _decode_image(
     if field not in raw:
         raise ImageLoadError(name, "member missing from the shard")
     data = raw[field]
-    if _kind(Path(f"x.{field}")) == "pil":
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return np.asarray(img.convert(mode))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(name, f"corrupt or unreadable image ({exc})") from exc
+    if image_kind(Path(f"x.{field}")) == "pil":
+        return decode_image(data, name, mode=mode)
     # pydicom and MONAI's NIfTI reader work on files, so a DICOM/NIfTI member goes through a temporary file.
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"image.{field.removeprefix('mask.')}"
@@ -515,23 +516,6 @@ def _decode_image(
             return load_image(path, mode=mode, **(options or {}))
         except ImageLoadError as exc:
             raise ImageLoadError(name, exc.reason) from exc
-
-
-def _apply_transform(
-    transform: Callable[..., dict[str, Any]], sample: dict[str, Any], boxes: bool
-) -> dict[str, Any]:
-    """The albumentations call of `ManifestDataset` (image, mask and boxes moved together)."""
-    inputs: dict[str, Any] = {"image": sample["image"]}
-    if "mask" in sample:
-        inputs["mask"] = sample["mask"]
-    if boxes:
-        inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
-        inputs["box_labels"] = [0] * len(sample["boxes"])
-    out = transform(**inputs)
-    if "bboxes" in out:
-        out["boxes"] = np.asarray(out.pop("bboxes"), dtype=np.float32).reshape(-1, 4).tolist()
-        out.pop("box_labels", None)
-    return out
 
 
 def shard_loader(
