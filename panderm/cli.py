@@ -100,6 +100,24 @@ def _data_overview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from panderm.pretrain.export import export_checkpoint
+
+    print(export_checkpoint(args.source, args.out))
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from panderm.data.manifest import read_manifest
+    from panderm.data.shards import write_shards
+
+    classes = args.classes.split(",") if args.classes else None
+    manifest = read_manifest(args.manifest, args.root, classes=classes)
+    shards = write_shards(manifest, args.out, max_count=args.max_count)
+    print(f"{len(shards)} shard(s) under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="panderm",
@@ -139,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     overview.add_argument("--out", default="outputs/overview", help="report folder")
     overview.add_argument("--n-samples", type=int, default=16)
     overview.set_defaults(handler=_data_overview)
+
+    export = commands.add_parser(
+        "export", help="export the encoder of a pretraining run as safetensors + JSON"
+    )
+    export.add_argument("source", help="pretraining run folder or a Lightning .ckpt in its checkpoints/")
+    export.add_argument("out", help="output path (writes OUT.safetensors and OUT.json)")
+    export.set_defaults(handler=_export)
+
+    shard = commands.add_parser("shard", help="write WebDataset shards (one set per split) from a manifest")
+    shard.add_argument("manifest")
+    shard.add_argument("out", help="output folder (OUT/<split>/shard-000000.tar ... + index.json)")
+    shard.add_argument("--root", help="folder the image paths are relative to (default: the manifest's)")
+    shard.add_argument("--classes", help="comma-separated class names (default: inferred from the labels)")
+    shard.add_argument("--max-count", type=int, default=10000, help="samples per shard")
+    shard.set_defaults(handler=_shard)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,20 @@ def test_hydra_command_rejects_misspelt_key_and_shows_help(tmp_path):
     result = run("demo", "--help")
     assert result.returncode == 0 and "n_patients" in result.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_shard_command_writes_an_index_per_split(tmp_path, capsys):
+    table = small_folder(tmp_path / "data")
+    table.to_csv(tmp_path / "data" / "m.csv", index=False)
+    assert (
+        main(["shard", str(tmp_path / "data" / "m.csv"), str(tmp_path / "shards"), "--max-count", "1"]) == 0
+    )
+    assert "6 shard(s)" in capsys.readouterr().out
+    for split in ("train", "val", "test"):
+        index = json.loads((tmp_path / "shards" / split / "index.json").read_text())
+        assert index["num_samples"] == 2 and len(index["shards"]) == 2
+
+
+def test_export_names_a_missing_run(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+    assert "not found" in capsys.readouterr().err

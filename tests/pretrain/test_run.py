@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from panderm.cli import main
 from panderm.config import register_configs
 from panderm.models.checkpoints import load_encoder
 from panderm.paths import config_dir
@@ -49,6 +50,11 @@ def test_pretrain_writes_outputs_exports_and_resumes(tmp_path):
     assert encoder.features(torch.zeros(1, 3, 32, 32)).shape == (1, 192)
     recipe = json.loads((run / "encoder.json").read_text())["recipe"]
     assert recipe["objective"]["name"] == "mlm_ema" and recipe["image_size"] == 32
+    # `panderm export` of the run's checkpoint gives the same weights as the run's own export.
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    exported = load_encoder(tmp_path / "exported")
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, exported.state_dict()[key]), key
     # A second call in the same folder resumes from last.ckpt and continues the step count.
     second = run_pretrain(pretrain_config(tmp_path, "trainer.max_epochs=2"), run)
     assert second["global_step"] == 2 * steps

@@ -1,0 +1,39 @@
+"""`panderm export`: the encoder of a pretraining checkpoint or run folder as safetensors + JSON."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from panderm.models.checkpoints import CheckpointError, load_weights, save_encoder
+from panderm.pretrain.run import CHECKPOINTS, LAST, build_encoder
+
+ENCODER_PREFIX = "encoder."
+
+
+def export_checkpoint(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Export the encoder of `source` (a run folder, or a Lightning .ckpt inside `<run>/checkpoints/`).
+
+    The architecture comes from the run's `config.yaml`; weights are loaded strictly. Returns the path of
+    the written `.safetensors`. Raises `CheckpointError` naming the file when something is missing.
+    """
+    source = Path(source)
+    ckpt = source / CHECKPOINTS / LAST if source.is_dir() else source
+    run_dir = ckpt.parent.parent
+    config_path = run_dir / "config.yaml"
+    for path in (ckpt, config_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not found (export takes a pretraining run folder or its .ckpt)")
+    cfg = OmegaConf.load(config_path)
+    encoder = build_encoder(cfg.encoder)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{ckpt}: cannot be read as a Lightning checkpoint ({exc})") from exc
+    weights = {k.removeprefix(ENCODER_PREFIX): v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    load_weights(encoder, weights, strict=True, source=str(ckpt))
+    recipe = OmegaConf.to_container(cfg, resolve=True)
+    return save_encoder(encoder, out, recipe={**recipe, "exported_from": str(ckpt)})
