@@ -67,3 +67,17 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     monkeypatch.setattr(methods.MlmEma, "forward", nan_loss)
     with pytest.raises(NonFiniteLossError, match="step 0"):
         run_pretrain(pretrain_config(tmp_path), tmp_path / "run")
+
+
+def test_slurm_launcher_preset_composes(tmp_path):
+    register_configs()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "pretrain",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
