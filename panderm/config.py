@@ -62,19 +62,6 @@ class OverviewConfig:
 
 
 @dataclass
-class DemoConfig:
-    """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
-
-    seed: int = 0
-    image_size: int = 64
-    data: DataConfig = field(default_factory=DataConfig)
-    radiology: DataConfig = field(
-        default_factory=lambda: DataConfig(source=DataSource.synthcxr, name="synthcxr", n_patients=80)
-    )
-    overview: OverviewConfig = field(default_factory=OverviewConfig)
-
-
-@dataclass
 class EncoderConfig:
     """The student encoder (fields of `panderm.models.encoder.EncoderSpec`) and how to initialise it."""
 
@@ -158,6 +145,30 @@ class PretrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class DemoPretrainConfig:
+    """The demo's pretraining stage: `panderm pretrain` defaults on the demo data with this budget."""
+
+    enabled: bool = True
+    max_epochs: int = 12
+    batch_size: int = 64
+    progress_bar: bool = True
+
+
+@dataclass
+class DemoConfig:
+    """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
+
+    seed: int = 0
+    image_size: int = 64
+    data: DataConfig = field(default_factory=DataConfig)
+    radiology: DataConfig = field(
+        default_factory=lambda: DataConfig(source=DataSource.synthcxr, name="synthcxr", n_patients=80)
+    )
+    overview: OverviewConfig = field(default_factory=OverviewConfig)
+    pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
 
 
 def register_configs() -> None:

@@ -48,6 +48,14 @@ def test_demo_writes_report_with_figures(tmp_path):
     derm = pd.read_csv(run_dir / "data" / "synthderm" / "manifest.csv")
     assert set(derm["modality"]) == {"dermoscopy", "clinical", "tbp"}
     assert "Images per modality and split" in report and "Images per fitzpatrick and split" in report
+    # Pretraining stage: loss curve in the report, encoder exported, online probe reported.
+    assert "## Pretraining" in report and "pretrain/figures/pretrain_loss.png" in report
+    assert (run_dir / "pretrain" / "figures" / "pretrain_loss.png").is_file()
+    assert (run_dir / "pretrain" / "encoder.safetensors").is_file()
+    assert (
+        metrics["pretrain"]["global_step"] >= 30
+        and 0 <= metrics["pretrain"]["val/probe_balanced_accuracy"] <= 1
+    )
 
 
 def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
@@ -61,6 +69,7 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
     }
     table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
     common = ["data=manifest", f"data.path={tmp_path / 'data' / 'manifest.csv'}", "radiology.n_patients=40"]
+    common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false"]
 
     failed = run_demo(tmp_path / "strict", *common)
     assert failed.returncode == 1
