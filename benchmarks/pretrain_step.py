@@ -11,8 +11,10 @@ subprocess (the script re-invokes itself with `--variant`), so peak-memory figur
 alternate for `--repeats` rounds.
 
 Speed is images per second from the median step time (start of one step to the start of the next, the
-first `--warmup` steps skipped), best over the rounds. Memory is, on CPU, the growth of the process's peak
-RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) from just before training to its end; on CUDA, the peak of
+first `--warmup` steps skipped), best over the rounds. Memory is, on CPU, the process's peak RSS during
+training minus its RSS just before: the peak is `VmHWM` of /proc/self/status after resetting it through
+/proc/self/clear_refs (Linux), else `resource.getrusage` `ru_maxrss` (whose peak may predate training, e.g.
+while open_clip builds and drops its text tower); the line says which. On CUDA it is
 `torch.cuda.max_memory_allocated` during training (weights included).
 
 Run (CPU, ViT-tiny/8 at 64 px, B=32, mlm_ema): `.venv/bin/python benchmarks/pretrain_step.py [--method mae]`.
@@ -102,18 +104,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def memory_start(device: torch.device) -> float:
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def memory_start(device: torch.device) -> tuple[str, float]:
+    """Start a peak-memory measurement: (how it is measured, baseline in MiB)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return 0.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+        return "peak allocated (torch.cuda.max_memory_allocated)", 0.0
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return "peak RSS growth (VmHWM reset via clear_refs)", _status_mib("VmRSS")
+    except OSError:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return "peak RSS growth (getrusage ru_maxrss)", maxrss
 
 
-def memory_peak(device: torch.device, start: float) -> float:
+def memory_peak(device: torch.device, start: tuple[str, float]) -> dict[str, Any]:
+    how, base = start
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    elif "VmHWM" in how:
+        peak = _status_mib("VmHWM") - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"memory": peak, "memory_how": how}
 
 
 def run_lightning(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +142,7 @@ def run_lightning(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, 
 
     from panderm.pretrain.module import PretrainModule
 
+    logging.getLogger("lightning").setLevel(logging.ERROR)  # "GPU available: ..." and tips
     device = parts["device"]
 
     class StepTimer(Callback):
@@ -172,7 +193,7 @@ def run_lightning(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, 
             default_root_dir=tmp,
         )
         trainer.fit(module, train_dataloaders=loader)
-    return {"marks": timer.marks, "memory": memory_peak(device, start), "loss": float(timer.loss)}
+    return {"marks": timer.marks, "loss": float(timer.loss), **memory_peak(device, start)}
 
 
 def run_bare(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
@@ -211,14 +232,15 @@ def run_bare(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
         method.on_after_optimizer_step(encoder, step, args.steps)
     sync(device)
     marks.append(time.perf_counter())
-    return {"marks": marks, "memory": memory_peak(device, start), "loss": float(loss.detach())}
+    return {"marks": marks, "loss": float(loss.detach()), **memory_peak(device, start)}
 
 
 def run_variant(args: argparse.Namespace) -> None:
     """Child process: train one variant and print its result as one JSON line."""
     warnings.filterwarnings("ignore", module="lightning")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("panderm").setLevel(logging.ERROR)  # the random-teacher warning
+    if args.device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     parts = build_parts(args)
     result = (run_lightning if args.variant == "lightning" else run_bare)(args, parts)
     steps = np.diff(result.pop("marks"))[args.warmup :]
@@ -245,11 +267,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--method", default="mlm_ema", choices=["mlm_ema", "mae", "mlm_clip"])
     parser.add_argument("--teacher", default="ViT-B-16", help="open_clip model for mlm_clip (random init)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of (lightning, bare) subprocesses")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per variant (0: torch's default); 1 keeps timings stable when another process "
+        "shares the cores, where spinning OpenMP threads can slow both variants several-fold",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,12 +292,12 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in VARIANTS:
             runs[variant].append(spawn(variant))
-    memory = "peak allocated" if args.device == "cuda" else "peak RSS growth (getrusage)"
     speed: dict[str, float] = {}
+    threads = f", {args.threads or 'default'} thread(s)" if args.device == "cpu" else ""
     print(
         f"{args.method}, {args.arch}/{args.patch} at {args.image_size} px, B={args.batch}, {args.device} "
-        f"{args.precision}: {runs['bare'][0]['timed_steps']} timed steps per run, images/s from the median "
-        f"step time, best of {args.repeats} runs"
+        f"{args.precision}{threads}: {runs['bare'][0]['timed_steps']} timed steps per run, images/s from "
+        f"the median step time, best of {args.repeats} runs"
     )
     for variant in VARIANTS:
         best = min(runs[variant], key=lambda r: r["median_step_s"])
@@ -276,7 +305,7 @@ def main() -> None:
         mem = max(r["memory"] for r in runs[variant])
         print(
             f"{variant}: {speed[variant]:.0f} img/s ({1000 * best['median_step_s']:.1f} ms/step), "
-            f"{memory} {mem:.0f} MiB, final loss {best['loss']:.5f}"
+            f"{best['memory_how']} {mem:.0f} MiB, final loss {best['loss']:.7g}"
         )
     ratio = speed["lightning"] / speed["bare"]
     print(f"Lightning Trainer vs bare loop: {speed['lightning']:.0f} img/s ratio={ratio:.2f}")

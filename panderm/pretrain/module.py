@@ -52,6 +52,7 @@ class PretrainModule(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.probe = nn.Linear(encoder.embed_dim, num_classes) if num_classes else None
         self.probe_accuracy = MulticlassAccuracy(num_classes, average="macro") if num_classes else None
+        self._stepped = False
 
     def _total_steps(self) -> int:
         if self.total_steps:
@@ -59,14 +60,16 @@ class PretrainModule(L.LightningModule):
         return max(1, int(self.trainer.estimated_stepping_batches))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._stepped = False
         if "image" not in batch:  # every image of the batch was unreadable and skipped
             return None
         images = batch["image"]
         mask = batch["token_mask"]
         out = self.method(self.encoder, images, mask, step=self.global_step)
         loss = out["loss"].float()
-        if not check_finite(loss, self.global_step, policy=self.on_nonfinite):
-            return None  # Lightning skips the optimiser step for a None loss
+        self._stepped = check_finite(loss, self.global_step, policy=self.on_nonfinite)
+        if not self._stepped:
+            return None  # Lightning skips backward for a None loss
         for name, value in out.items():
             # per step (every log_every_n_steps) and per epoch, so short runs still get a curve
             self.log(
@@ -90,9 +93,11 @@ class PretrainModule(L.LightningModule):
         self.log("train/probe_loss", probe_loss.detach(), sync_dist=True)
         return probe_loss
 
-    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs once per real optimiser step (not per micro-batch, not for skipped batches): EMA updates.
-        self.method.on_after_optimizer_step(self.encoder, self.global_step, self._total_steps())
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # After the real optimiser step (not per micro-batch, not for a skipped batch): e.g. the EMA update.
+        super().optimizer_step(*args, **kwargs)
+        if self._stepped:
+            self.method.on_after_optimizer_step(self.encoder, self.global_step, self._total_steps())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.probe is None:
