@@ -27,14 +27,17 @@ class DataSource(StrEnum):
     image_folder = "image_folder"
     dicom = "dicom"
     nifti = "nifti"
+    shards = "shards"
 
 
 @dataclass
 class DataConfig:
     """One data set: a generator, a manifest file, or a reader for a real format.
 
-    `path` is the manifest file (manifest), the .npz (medmnist) or the folder (isic, ph2, image_folder,
-    dicom, nifti); `out_dir` is where generated or exported images go (default: `<run folder>/data/<name>`).
+    `path` is the manifest file (manifest), the .npz (medmnist), the folder (isic, ph2, image_folder,
+    dicom, nifti) or the folder `panderm shard` wrote (shards: `<path>/<split>/` with shards and index.json,
+    streamed by `panderm pretrain` only); `out_dir` is where generated or exported images go (default:
+    `<run folder>/data/<name>`).
     """
 
     source: DataSource = DataSource.synthderm

@@ -44,7 +44,8 @@ from panderm.data.dataset import (
 )
 from panderm.data.images import NIFTI_SUFFIXES, decode_image, image_kind, load_image
 from panderm.data.manifest import KNOWN_COLUMNS, SPLITS, Manifest, parse_boxes
-from panderm.data.transforms import takes_boxes
+from panderm.data.sampling import sample_seed
+from panderm.data.transforms import seed_transform, takes_boxes
 from panderm.errors import ConfigError, DataError, ImageLoadError
 from panderm.io import atomic_write_json
 
@@ -348,17 +349,22 @@ class ShardDataset(IterableDataset):
     """Samples of WebDataset shards as the same dicts `ManifestDataset` gives: `image`, `label` (-1 if none),
     `boxes`, `index` (position in the split), `id` (manifest image path) and `mask` when the row has one.
 
-    `source` is a split folder written by `write_shards` (shards and length from its ``index.json``) or shard
-    URLs (a list, or a brace pattern such as ``"/data/train/shard-{000000..000099}.tar"``; `length` from the
-    index beside them if any, else pass it). Shards are split across DDP ranks (`nodesplitter`) and then
-    DataLoader workers, so each sees disjoint shards; `resampled=True` instead draws shards with replacement
-    forever and each rank/worker yields its share of `len()` samples per epoch (equal counts, so DDP ranks
-    stay in step). With `shuffle_buffer` > 0 shard order and samples (within that buffer) are shuffled anew
-    each epoch from `seed`, the epoch (`set_epoch`, or counted per iteration), the rank, the worker and the
-    DataLoader's worker seed. Images are decoded to (H, W, 3) uint8 RGB (masks (H, W) uint8 {0, 1}), then go
-    through the albumentations `transform` exactly as in `ManifestDataset`. A corrupt image raises
-    `ImageLoadError` whose path is ``<shard>:<key>.<ext>``; with `on_bad_image="skip"` it yields None (which
-    `collate` drops and counts) and is recorded in `bad_image_log`. A damaged tar raises `DataError`.
+    `source` is a split folder written by `write_shards` (shards and length from its ``index.json``), a list
+    of such folders (their shards concatenated; `index` is then the position in that concatenation, so it
+    stays unique) or shard URLs (a list, or a brace pattern such as
+    ``"/data/train/shard-{000000..000099}.tar"``; `length` from the index beside them if any, else pass it).
+    Shards are split across DDP ranks (`nodesplitter`) and then DataLoader workers, so each sees disjoint
+    shards; `resampled=True` instead draws shards with replacement forever and each rank/worker yields its
+    share of `len()` samples per epoch (equal counts, so DDP ranks stay in step). With `shuffle_buffer` > 0
+    shard order and samples (within that buffer) are shuffled anew each epoch from `seed`, the epoch
+    (`set_epoch`, or counted per iteration), the rank, the worker and the DataLoader's worker seed. Images are
+    decoded to (H, W, 3) uint8 RGB (masks (H, W) uint8 {0, 1}), then go through the albumentations `transform`
+    exactly as in `ManifestDataset`; with `augment_seed` the transform of each sample is seeded from
+    (augment_seed, epoch, index), as `ManifestDataset(seed=)` does, so a sample's augmentation does not depend
+    on shuffling, workers or interruptions. `reader_samples` gives the balanced, resumable stream of one
+    reader that training loops need. A corrupt image raises `ImageLoadError` whose path is
+    ``<shard>:<key>.<ext>``; with `on_bad_image="skip"` it yields None (which `collate` drops and counts) and
+    is recorded in `bad_image_log`. A damaged tar raises `DataError`.
     """
 
     def __init__(
@@ -374,10 +380,20 @@ class ShardDataset(IterableDataset):
         bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
         length: int | None = None,
         nodesplitter: Callable[[Iterator[Any]], Iterator[Any]] = wds.split_by_node,
+        augment_seed: int | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(source, str | os.PathLike) and Path(source).is_dir():
-            self.urls, total = _indexed_shards(Path(source))
+        # Added to the `index` of each shard's samples: the position of its folder's first sample.
+        self._offsets: dict[str, int] = {}
+        single = isinstance(source, str | os.PathLike)
+        folders = [source] if single else list(source)
+        if folders and all(Path(folder).is_dir() for folder in folders):
+            self.urls, total = [], 0
+            for folder in folders:
+                urls, count = _indexed_shards(Path(folder))
+                self._offsets.update(dict.fromkeys(urls, total))
+                self.urls += urls
+                total += count
         else:
             if isinstance(source, str | os.PathLike):
                 self.urls = wds.shardlists.expand_urls(str(source))
@@ -390,6 +406,7 @@ class ShardDataset(IterableDataset):
         self.transform = transform
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.with_masks = with_masks
+        self.augment_seed = augment_seed
         self.on_bad_image = bad_image_policy(on_bad_image)
         if bad_image_log is not None and not isinstance(bad_image_log, BadImageLog):
             bad_image_log = BadImageLog(bad_image_log)
@@ -435,10 +452,69 @@ class ShardDataset(IterableDataset):
             shards = [wds.SimpleShardList(self.urls), self.nodesplitter, wds.split_by_worker]
             if self.shuffle_buffer > 0:
                 shards.append(wds.shuffle(len(self.urls), initial=len(self.urls), seed=seed))
-        stages = [*shards, self._track_url, wds.tarfile_to_samples(handler=self._tar_error)]
+        return wds.DataPipeline(*shards, *self._sample_stages(seed))
+
+    def _sample_stages(self, seed: int, *select: Callable[[Iterator[Any]], Iterator[Any]]) -> list[Any]:
+        """Shard dicts -> raw samples (then the `select` stages), shuffled within `shuffle_buffer`."""
+        stages = [self._track_url, wds.tarfile_to_samples(handler=self._tar_error), *select]
         if self.shuffle_buffer > 0:
             stages.append(wds.shuffle(self.shuffle_buffer, seed=seed + 1))
-        return wds.DataPipeline(*stages)
+        return stages
+
+    def reader_part(self, reader: int, readers: int) -> tuple[list[str], int, int]:
+        """The samples reader `reader` of `readers` owns: (shard URLs, stride, offset), i.e. every stride-th
+        sample of those shards from the offset-th on.
+
+        With at least as many shards as readers each reader owns whole shards (reader r: shards r, r +
+        readers, ...); with fewer, reader r reads shard r % shards and the readers sharing a shard take every
+        k-th of its samples, so the parts are disjoint and together hold every sample once.
+        """
+        n = len(self.urls)
+        if not 0 <= reader < readers:
+            raise ValueError(f"reader {reader} is not in range({readers})")
+        if n >= readers:
+            return self.urls[reader::readers], 1, 0
+        shard = reader % n
+        return [self.urls[shard]], len(range(shard, readers, n)), reader // n
+
+    def reader_samples(
+        self, epoch: int, reader: int, readers: int, *, count: int, skip: int = 0
+    ) -> Iterator[dict[str, Any] | None]:
+        """Exactly `count` samples of reader `reader`'s part (`reader_part`) of `epoch`, after passing over
+        its first `skip` samples without decoding them: the stream of one DDP rank x DataLoader worker when
+        every reader must yield a fixed number of samples (ranks in step) and resume mid-epoch.
+
+        The part is shuffled (shard order, then within `shuffle_buffer`) from (seed, epoch, reader, pass)
+        only: the same arguments give the same samples in any process, whatever the DataLoader's worker
+        seeds. A part smaller than `skip + count` is read again, reshuffled (a new pass), so a sample can
+        come twice in one epoch; one larger leaves its tail out of this epoch. `resampled`, `nodesplitter`
+        and `set_epoch` play no part. Raises `DataError` when the part is empty (more readers than samples).
+        """
+        if count <= 0:
+            return
+        urls, stride, offset = self.reader_part(reader, readers)
+
+        def select(samples: Iterator[Any]) -> Iterator[Any]:
+            return itertools.islice(samples, offset, None, stride)
+
+        def passes() -> Iterator[dict[str, Any]]:
+            for n in itertools.count():
+                seed = wds.utils.make_seed(self.seed, epoch, reader, n)
+                shards: list[Any] = [wds.SimpleShardList(urls)]
+                if self.shuffle_buffer > 0:
+                    shards.append(wds.shuffle(len(urls), initial=len(urls), seed=seed))
+                empty = True
+                for raw in wds.DataPipeline(*shards, *self._sample_stages(seed, select)):
+                    empty = False
+                    yield raw
+                if empty:
+                    raise DataError(
+                        f"{urls[0]}: reader {reader} of {readers} (ranks x DataLoader workers) gets none "
+                        "of its samples; write more, smaller shards or use fewer workers"
+                    )
+
+        for raw in itertools.islice(passes(), skip, skip + count):
+            yield self._decode(raw, epoch)
 
     def _track_url(self, source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         # Shards are read one after another, so the last URL handed on is the one a tar error comes from.
@@ -460,9 +536,9 @@ class ShardDataset(IterableDataset):
             share = max(1, self.length // readers) if self.length else None
             samples = itertools.islice(samples, share)
         for raw in samples:
-            yield self._decode(raw)
+            yield self._decode(raw, self._epoch)
 
-    def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+    def _decode(self, raw: dict[str, Any], epoch: int) -> dict[str, Any] | None:
         url, key = raw["__url__"], raw["__key__"]
         if "json" not in raw:
             raise DataError(f"{url}: sample {key!r} has no .json metadata (not written by write_shards?)")
@@ -475,7 +551,7 @@ class ShardDataset(IterableDataset):
                 "image": image,
                 "label": -1 if meta["label"] is None else int(meta["label"]),
                 "boxes": [list(box) for box in parse_boxes(meta.get("bbox"))],
-                "index": int(meta["index"]),
+                "index": int(meta["index"]) + self._offsets.get(url, 0),
                 "id": str(meta["image"]),
             }
             if self.with_masks and "mask" in files:
@@ -494,6 +570,8 @@ class ShardDataset(IterableDataset):
                 self.bad_image_log.record(exc.path, exc.reason)
             return None
         if self.transform is not None:
+            if self.augment_seed is not None:
+                seed_transform(self.transform, sample_seed(self.augment_seed, epoch, sample["index"]))
             sample.update(apply_transform(self.transform, sample, self._takes_boxes))
         return sample
 

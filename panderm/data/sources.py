@@ -36,6 +36,11 @@ def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> 
         return read_manifest(path, classes=list(CLASSES), deep=cfg.deep_check)
     if not cfg.path:
         raise ConfigError(f"data.path is required for data.source={source.value} (data config {cfg.name!r})")
+    if source is DataSource.shards:
+        raise ConfigError(
+            f"data.source=shards ({cfg.path}) is streamed by `panderm pretrain` only; other commands read "
+            "the manifest the shards were written from (data=manifest data.path=...)"
+        )
     if source is DataSource.manifest:
         return read_manifest(
             cfg.path,

@@ -20,14 +20,15 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from panderm.config import EncoderConfig, TeacherConfig
+from panderm.config import DataSource, EncoderConfig, TeacherConfig
+from panderm.data.manifest import Manifest
 from panderm.data.sources import load_data
 from panderm.errors import ConfigError
 from panderm.io import atomic_write
 from panderm.models.checkpoints import load_encoder, save_encoder
 from panderm.models.encoder import Encoder, create_encoder
 from panderm.models.masking import MaskGenerator
-from panderm.pretrain.datamodule import PretrainDataModule
+from panderm.pretrain.datamodule import PretrainDataModule, ShardPretrainDataModule
 from panderm.pretrain.methods import build_method
 from panderm.pretrain.module import PretrainModule
 from panderm.report import Report
@@ -110,8 +111,32 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         logger=loggers,
         enable_progress_bar=t.progress_bar,
         default_root_dir=run_dir,
-        use_distributed_sampler=False,  # EpochSampler splits the data across ranks itself
+        use_distributed_sampler=False,  # EpochSampler / ShardStream split the data across ranks themselves
     )
+
+
+def build_datamodule(
+    cfg: DictConfig, run_dir: Path, masks: MaskGenerator, manifest: Manifest | None
+) -> PretrainDataModule | ShardPretrainDataModule:
+    """The manifest's DataModule, or for `data.source=shards` the one streaming the shards at `data.path`."""
+    common: dict[str, Any] = dict(
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        train_splits=list(cfg.train_splits),
+        val_split="val" if cfg.online_probe else None,
+        balance_modalities=cfg.balance_modalities,
+        on_bad_image=cfg.data.on_bad_image,
+        seed=cfg.seed,
+    )
+    if manifest is not None:
+        return PretrainDataModule(manifest, run_dir, masks, **common)
+    if OmegaConf.is_missing(cfg.data, "path") or not cfg.data.path:
+        raise ConfigError(
+            "data.path is required for data.source=shards: the folder OUT that `panderm shard MANIFEST OUT` "
+            "wrote"
+        )
+    return ShardPretrainDataModule(cfg.data.path, run_dir, masks, **common)
 
 
 def plot_loss(run_dir: Path, path: Path) -> Path | None:
@@ -145,7 +170,8 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     """Pretrain into `run_dir` (resuming from its `checkpoints/last.ckpt` when present); returns metrics."""
     run_dir = start_run(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    manifest = load_data(cfg.data, run_dir)
+    shards = DataSource(cfg.data.source) is DataSource.shards
+    manifest = None if shards else load_data(cfg.data, run_dir)
     encoder = build_encoder(cfg.encoder)
     teacher = build_teacher(cfg.teacher, encoder)
     options = OmegaConf.to_container(cfg.objective.options, resolve=True)
@@ -156,6 +182,7 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     if cfg.trainer.compile:
         for block in encoder.vit.blocks:
             block.compile()
+    data = build_datamodule(cfg, run_dir, masks, manifest)
     module = PretrainModule(
         encoder,
         method,
@@ -164,22 +191,9 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
         layer_decay=cfg.optim.layer_decay,
         warmup_steps=cfg.optim.warmup_steps,
         betas=tuple(cfg.optim.betas),
-        num_classes=manifest.num_classes if cfg.online_probe and manifest.has_labels else None,
+        num_classes=data.num_classes if cfg.online_probe else None,
         probe_lr=cfg.optim.probe_lr,
         on_nonfinite=cfg.on_nonfinite,
-    )
-    data = PretrainDataModule(
-        manifest,
-        run_dir,
-        masks,
-        image_size=cfg.image_size,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        train_splits=list(cfg.train_splits),
-        val_split="val" if cfg.online_probe else None,
-        balance_modalities=cfg.balance_modalities,
-        on_bad_image=cfg.data.on_bad_image,
-        seed=cfg.seed,
     )
     trainer = build_trainer(cfg, run_dir)
     last = run_dir / CHECKPOINTS / LAST
@@ -206,7 +220,7 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
         write_metrics(run_dir, metrics)
         report = Report("panderm pretrain")
         report.text(
-            f"`{cfg.objective.name}` on `{cfg.data.name}` ({len(data.train_manifest)} training images), "
+            f"`{cfg.objective.name}` on `{cfg.data.name}` ({data.num_train_images} training images), "
             f"encoder {cfg.encoder.arch}/{cfg.encoder.patch_size} at {cfg.image_size} px, "
             f"{trainer.global_step} steps. "
             "The exported encoder is `encoder.safetensors` (+ `encoder.json`)."
