@@ -21,7 +21,9 @@ class PretrainModule(L.LightningModule):
     """Self-supervised training of `encoder` with `method` on batches carrying `token_mask` (B, N).
 
     With `num_classes`, a linear probe on detached, unmasked CLS features trains alongside (its gradient
-    never reaches the encoder) and its balanced accuracy on the validation loader is logged every epoch.
+    never reaches the encoder), at the constant `probe_lr` on batch-normalised features (no affine, as in
+    MAE's linear probe, so the features' drifting scale does not matter), and its balanced accuracy on the
+    validation loader is logged every epoch.
     `on_nonfinite` is "raise" (stop, naming the step) or "skip" (drop the batch).
     """
 
@@ -50,7 +52,13 @@ class PretrainModule(L.LightningModule):
         self.total_steps = total_steps
         self.probe_lr = probe_lr
         self.on_nonfinite = on_nonfinite
-        self.probe = nn.Linear(encoder.embed_dim, num_classes) if num_classes else None
+        self.probe = (
+            nn.Sequential(
+                nn.BatchNorm1d(encoder.embed_dim, affine=False), nn.Linear(encoder.embed_dim, num_classes)
+            )
+            if num_classes
+            else None
+        )
         self.probe_accuracy = MulticlassAccuracy(num_classes, average="macro") if num_classes else None
         self._stepped = False
 
@@ -85,7 +93,7 @@ class PretrainModule(L.LightningModule):
 
     def _probe_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labelled = labels >= 0
-        if not bool(labelled.any()):
+        if int(labelled.sum()) < 2:  # batch statistics need two samples
             return images.new_zeros(())
         with torch.no_grad():
             features = self.encoder.features(images[labelled])
@@ -117,7 +125,8 @@ class PretrainModule(L.LightningModule):
         settings = {k: self.hparams_dict[k] for k in ("lr", "weight_decay", "layer_decay")}
         groups = param_groups(self.encoder, heads, **settings)
         if self.probe is not None:
-            groups.append({"params": list(self.probe.parameters()), "lr": self.probe_lr, "weight_decay": 0.0})
+            probe = list(self.probe.parameters())
+            groups.append({"params": probe, "lr": self.probe_lr, "weight_decay": 0.0, "scheduled": False})
         optimizer, schedule = build_optimizer(
             groups,
             total_steps=self._total_steps(),

@@ -80,12 +80,17 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.95),
     final_ratio: float = 0.0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `groups` with a per-step warmup-cosine schedule (the multiplier applies to every group)."""
+    """AdamW over `groups` with a per-step warmup-cosine schedule; a group with ``"scheduled": False``
+    (e.g. an online probe) keeps its lr constant."""
     optimizer = torch.optim.AdamW(groups, betas=betas)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(
+
+    def cosine(step: int) -> float:
+        return warmup_cosine(
             step, total_steps=total_steps, warmup_steps=warmup_steps, final_ratio=final_ratio
-        ),
-    )
-    return optimizer, schedule
+        )
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    multipliers = [cosine if group.get("scheduled", True) else constant for group in optimizer.param_groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers)

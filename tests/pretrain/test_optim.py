@@ -84,3 +84,17 @@ def test_scheduler_scales_every_group(encoder):
         optimizer.step()
         schedule.step()
     assert not math.isnan(optimizer.param_groups[0]["lr"])
+
+
+def test_unscheduled_group_keeps_its_lr(encoder):
+    groups = param_groups(encoder, [], lr=1.0, weight_decay=0.0)
+    probe = torch.nn.Linear(4, 2)
+    groups.append({"params": list(probe.parameters()), "lr": 0.01, "scheduled": False})
+    optimizer, schedule = build_optimizer(groups, total_steps=20, warmup_steps=4)
+    for step in range(6):
+        assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.01)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(
+            warmup_cosine(step, total_steps=20, warmup_steps=4)
+        )
+        optimizer.step()
+        schedule.step()
