@@ -24,6 +24,8 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "the main job: generate the embedded data and write a report of every stage",
     ),
     "pretrain": ("panderm.pretrain.run:run_pretrain", "self-supervised pretraining of an encoder"),
+    # named, not imported: `panderm` never imports the `probes` package (it builds on panderm)
+    "probe": ("probes.run:run_probe", "evaluate a frozen encoder (or a features .npz) with one probe"),
 }
 
 
@@ -42,7 +44,7 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
     register_configs()
     status = {"code": 0}
 
-    @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    @hydra.main(config_path=str(config_dir(config_name)), config_name=config_name, version_base="1.3")
     def app(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:

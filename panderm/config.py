@@ -174,9 +174,38 @@ class DemoConfig:
     pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
 
 
+@dataclass
+class ProbeMethodConfig:
+    """One probe (presets in configs/probe): `name` is linear_panderm, linear_sweep, knn, fewshot or
+    label_efficiency; `options` are that probe's keyword arguments (an unknown one is an error)."""
+
+    name: str = "linear_sweep"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProbeConfig:
+    """`panderm probe`: a frozen encoder's features (or a features .npz) evaluated by one probe."""
+
+    seed: int = 0
+    encoder: str | None = "random:vit_tiny/8@64"
+    features: str | None = None
+    pooling: str = "cls"
+    batch_size: int = 64
+    num_workers: int = 2
+    device: str = "auto"
+    cache_dir: str = "outputs/feature_cache"
+    subgroups: list[str] = field(default_factory=list)
+    bootstrap: int = 1000
+    plots: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeMethodConfig = field(default_factory=ProbeMethodConfig)
+
+
 def register_configs() -> None:
     """Register the schemas; idempotent."""
     store = ConfigStore.instance()
     store.store(name="demo_schema", node=DemoConfig)
     store.store(name="pretrain_schema", node=PretrainConfig)
+    store.store(name="probe_schema", node=ProbeConfig)
     store.store(group="data", name="data_schema", node=DataConfig)

@@ -34,3 +34,7 @@ class ManifestError(DataError):
         self.problems = list(problems)
         head = f"{source}: {len(self.problems)} problem(s)"
         super().__init__("\n  ".join([head, *self.problems]))
+
+
+class ProbeError(PandermError):
+    """A probe's inputs or outputs (labels, probabilities, features, prediction files) cannot be used."""

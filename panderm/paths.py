@@ -10,9 +10,17 @@ from panderm.errors import DataError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def config_dir() -> Path:
-    """The Hydra config tree: `$PANDERM_CONFIG_DIR` if set, else the repository's top-level `configs/`."""
-    return Path(os.environ.get("PANDERM_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+# A command whose overrides would clash with another command's config groups has its own tree: `probe`'s
+# `encoder=<checkpoint>` is a plain value, while `pretrain`'s `encoder=vit_base` picks a group. Groups both
+# need (data/) are symlinked into it.
+OWN_CONFIG_TREES = {"probe": "probe_command"}
+
+
+def config_dir(command: str | None = None) -> Path:
+    """The Hydra config tree of `command` (default: the shared one): `$PANDERM_CONFIG_DIR` if set, else the
+    repository's top-level `configs/`, or its subfolder for commands listed in `OWN_CONFIG_TREES`."""
+    root = Path(os.environ.get("PANDERM_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+    return root / OWN_CONFIG_TREES[command] if command in OWN_CONFIG_TREES else root
 
 
 def resolve_under(root: Path, relative: str | os.PathLike[str], *, allow_outside: bool = False) -> Path:

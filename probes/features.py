@@ -1,0 +1,566 @@
+"""Frozen-encoder features: extraction over a manifest split, an on-disk cache, and user feature files.
+
+`extract_features` runs the encoder (eval mode, `torch.inference_mode`, bf16 autocast on CUDA) over one
+split with the encoder's own evaluation transform and returns a `FeatureSet`. `cached_features` does the
+same through a cache: one ``.npz`` per (split, key), features in float16, written atomically, and read back
+instead of recomputed on the next call. `load_feature_file` reads features a user computed elsewhere.
+
+Cache key: sha256 of the canonical JSON of
+- the encoder's identity (`probes.encoders.encoder_hash`: checkpoint hash, or spec + seed for random init),
+- the manifest rows of the split (`manifest_hash`): per row the image path, label code, radiology loader
+  options, and the image file's size and modification time (nanoseconds) -- cheap (one `stat` per image)
+  and safe against edits, except an edit that keeps both size and mtime (e.g. a copy with ``cp -p`` over a
+  same-sized different file); `hash_content=True` hashes the image bytes instead -- plus the class names,
+- the transform (albumentations' own serialisation, or `repr` for other callables),
+- pooling, the encoder's image size and the precision (bf16 on CUDA with `amp`, else fp32).
+
+Float16 storage: features are stored as float16 (relative rounding error <= 2**-11) unless some value's
+magnitude exceeds float16's largest finite value (65504); such a file is stored in float32 instead (logged)
+rather than failing or saturating. Non-finite features from the encoder raise `ProbeError`.
+
+Image size: panderm `Encoder`s have a fixed input size (timm's patch embedding checks it), so a transform
+whose output is not the encoder's `image_size` square raises `ProbeError` naming both sizes before any
+batch runs; encoders that declare `dynamic_image_size` (e.g. timm CNNs) accept any size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from panderm.data.dataset import RADIOLOGY_OPTIONS, ManifestDataset, collate
+from panderm.data.manifest import Manifest
+from panderm.data.transforms import eval_transform
+from panderm.errors import ProbeError
+from panderm.io import atomic_path
+from panderm.models.checkpoints import canonical_json
+from panderm.models.encoder import POOLINGS
+from probes.encoders import encoder_hash
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+FEATURE_SPLITS = ("train", "val", "test")
+_FLUSH_EVERY = 16  # batches kept on the device before one copy to the host (fewer synchronisations)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split: `features` (N, D) float32, `labels` (N,) int64 (-1 = unlabeled), `ids` (N,)
+    str (manifest image paths), `meta` (the manifest's other columns per row, e.g. patient_id, modality,
+    fitzpatrick, for subgroup analyses; None for user feature files), `classes`, and `recipe` (how they were
+    made: encoder hash, pooling, cache key...)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    split: str
+    meta: pd.DataFrame | None = None
+    classes: tuple[str, ...] | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if self.features.ndim != 2 or len(self.labels) != n or len(self.ids) != n:
+            raise ProbeError(
+                f"split {self.split!r}: features {self.features.shape}, labels {self.labels.shape} and ids "
+                f"({len(self.ids)},) do not describe the same N rows of (N, D) features"
+            )
+        if self.meta is not None and len(self.meta) != n:
+            raise ProbeError(f"split {self.split!r}: meta has {len(self.meta)} rows for {n} features")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def tensors(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features float32 (N, D), labels int64 (N,)) as torch tensors on `device`."""
+        x = self.features.astype(np.float32, copy=False)
+        x = x if x.flags.writeable else x.copy()  # torch refuses to share read-only numpy memory
+        return torch.from_numpy(x).to(device), torch.tensor(self.labels, dtype=torch.int64, device=device)
+
+
+# ------------------------------------------------------------------------------------------- extraction
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def probe_transform(encoder: nn.Module) -> A.Compose:
+    """The encoder's evaluation transform: `eval_transform` at its image size with its normalisation."""
+    spec = encoder.spec
+    return eval_transform(spec.image_size, mean=spec.mean, std=spec.std)
+
+
+def dynamic_image_size(encoder: nn.Module) -> bool:
+    """Whether the encoder accepts inputs of any size (panderm `Encoder`s do not: timm checks the size)."""
+    vit = getattr(encoder, "vit", None)
+    if vit is not None:
+        return bool(getattr(vit, "dynamic_img_size", False))
+    return bool(getattr(encoder, "dynamic_image_size", False))
+
+
+def check_image_batch(images: Any, encoder: nn.Module, what: str = "the transform") -> None:
+    """Raise `ProbeError` unless `images` is a (..., 3, S, S) float tensor of the encoder's image size S
+    (any H, W for dynamic-size encoders); the message names both sizes and how to fix it."""
+    if not isinstance(images, torch.Tensor) or images.ndim not in (3, 4) or not images.is_floating_point():
+        kind = type(images).__name__
+        shape = getattr(images, "shape", None)
+        raise ProbeError(
+            f"{what} must produce channels-first float tensors (end it with ToTensorV2), got {kind} "
+            f"of shape {tuple(shape) if shape is not None else '?'}"
+        )
+    if dynamic_image_size(encoder):
+        return
+    size = int(encoder.spec.image_size)
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    if (h, w) != (size, size):
+        raise ProbeError(
+            f"{what} produces {h}x{w} images but the encoder expects {size}x{size} (its image_size={size}); "
+            f"use the encoder's own transform (probe_transform / eval_transform({size}, mean=..., std=...)) "
+            f"or load the encoder with image_size={h}"
+        )
+
+
+def inference_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision(device: torch.device, amp: bool) -> str:
+    """The precision the encoder runs at: "bf16" (CUDA autocast) or "fp32"."""
+    return "bf16" if amp and device.type == "cuda" else "fp32"
+
+
+def encode_batches(
+    encoder: nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    pooling: str = "cls",
+    device: str | torch.device | None = None,
+    amp: bool = True,
+    total: int | None = None,
+    desc: str = "features",
+    progress: bool = True,
+) -> np.ndarray:
+    """Run `encoder.features` over preprocessed image batches (B, 3, H, W); return (N, D) float32 numpy.
+
+    The model-running core of `extract_features`: eval mode (the previous mode is restored afterwards),
+    `torch.inference_mode`, bf16 autocast on CUDA when `amp`, inputs moved with ``non_blocking``, outputs
+    kept on the device and copied to the host every few batches (one synchronisation each). The encoder is
+    moved to `device` (default: CUDA if available). `total` (images) sizes the progress bar. Each batch's
+    size is checked (`check_image_batch`). Raises `ProbeError` for a bad pooling, batch, or non-finite
+    features.
+    """
+    if pooling not in POOLINGS:
+        raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    device = resolve_device(device)
+    was_training = encoder.training
+    first = next(encoder.parameters(), None)
+    if first is not None and first.device != device:  # `.to` walks every submodule even when idle
+        encoder.to(device)
+    encoder.eval()
+    pending: list[torch.Tensor] = []
+    done: list[torch.Tensor] = []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode(), inference_autocast(device, amp):
+            for images in batches:
+                check_image_batch(images, encoder)
+                out = encoder.features(images.to(device, non_blocking=True), pooling)
+                pending.append(out.float())
+                bar.update(len(images))
+                if len(pending) >= _FLUSH_EVERY:
+                    done.append(torch.cat(pending).cpu())
+                    pending = []
+            if pending:
+                done.append(torch.cat(pending).cpu())
+    finally:
+        bar.close()
+        if was_training:
+            encoder.train()
+    if not done:
+        return np.zeros((0, 0), np.float32)
+    features = torch.cat(done).numpy()
+    bad = ~np.isfinite(features)
+    if bad.any():
+        rows = int(bad.any(axis=1).sum())
+        raise ProbeError(
+            f"{desc}: the encoder produced {int(bad.sum())} non-finite feature value(s) in {rows} image(s); "
+            "check the weights, or run without amp (bf16 can overflow)"
+        )
+    return features
+
+
+def _labels(manifest: Manifest) -> np.ndarray:
+    if "label" not in manifest.table:
+        return np.full(len(manifest), -1, np.int64)
+    return manifest.table["label"].fillna(-1).to_numpy(dtype=np.int64, copy=True)
+
+
+def _meta(manifest: Manifest) -> pd.DataFrame:
+    return manifest.table.drop(columns=[c for c in ("image", "label") if c in manifest.table])
+
+
+def _split_rows(manifest: Manifest, split: str) -> Manifest:
+    subset = manifest.subset(split)
+    if len(subset) == 0:
+        present = sorted(manifest.table["split"].unique())
+        raise ProbeError(f"{manifest.source}: split {split!r} has no rows (splits present: {present})")
+    return subset
+
+
+def extract_features(
+    encoder: nn.Module,
+    manifest: Manifest,
+    split: str,
+    *,
+    pooling: str = "cls",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    transform: Callable[..., dict[str, Any]] | None = None,
+    amp: bool = True,
+    progress: bool = True,
+) -> FeatureSet:
+    """Features of every image of one manifest split, in manifest order, as a `FeatureSet`.
+
+    `transform` defaults to `probe_transform(encoder)` (its image size and normalisation); a user transform
+    must produce CHW float tensors of the encoder's size. Images are read by `ManifestDataset` (a corrupt
+    image raises `ImageLoadError` naming it) through a DataLoader (`num_workers`, pinned memory on CUDA);
+    the model part is `encode_batches` (see there for device, amp and progress). Raises `ProbeError` for an
+    empty split, a bad pooling, or a transform whose output size does not fit the encoder.
+    """
+    if pooling not in POOLINGS:
+        raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    device = resolve_device(device)
+    rows = _split_rows(manifest, split)
+    transform = transform if transform is not None else probe_transform(encoder)
+    dataset = ManifestDataset(rows, transform, with_masks=False)
+    # One sample up front, so a wrong transform fails before workers start, naming both sizes.
+    check_image_batch(dataset[0]["image"], encoder)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    features = encode_batches(
+        encoder,
+        (batch["image"] for batch in loader),
+        pooling=pooling,
+        device=device,
+        amp=amp,
+        total=len(dataset),
+        desc=f"features {split}",
+        progress=progress,
+    )
+    return FeatureSet(
+        features=features,
+        labels=_labels(rows),
+        ids=rows.table["image"].astype(str).to_numpy(),
+        split=split,
+        meta=_meta(rows),
+        classes=manifest.classes,
+        recipe={"encoder": encoder_hash(encoder), "pooling": pooling, "precision": precision(device, amp)},
+    )
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def describe_transform(transform: Any) -> str:
+    """A stable text form of a transform for cache keys: albumentations' serialisation, else `repr`.
+
+    A `repr` holding an object address (``at 0x...``) changes every run, so the cache would never hit;
+    that case is logged as a warning.
+    """
+    try:
+        return canonical_json(A.to_dict(transform))
+    except Exception:  # not an albumentations pipeline, or one with a non-serialisable (lambda) step
+        text = repr(transform)
+        if " at 0x" in text:
+            log.warning("transform %s has no stable description; cached features will not be reused", text)
+        return text
+
+
+def manifest_hash(manifest: Manifest, *, content: bool = False) -> str:
+    """sha256 over the rows' image path, label, loader options and image file size + mtime (or, with
+    `content`, the image bytes), plus the class names. Raises `ProbeError` naming a missing image file."""
+    digest = hashlib.sha256()
+    table = manifest.table
+    digest.update(canonical_json({"classes": list(manifest.classes or ())}).encode())
+    images = table["image"].astype(str).tolist()
+    labels = _labels(manifest).tolist()
+    rows = table["row"].tolist() if "row" in table else list(range(1, len(table) + 1))
+    options = [c for c in RADIOLOGY_OPTIONS if c in table]
+    extra = table[options].astype(str).to_numpy().tolist() if options else None
+    for i, image in enumerate(images):
+        path = manifest.path(image)  # the root check, as for every read
+        try:
+            if content:
+                with open(path, "rb") as handle:
+                    stamp = hashlib.file_digest(handle, "sha256").hexdigest()
+            else:
+                stat = os.stat(path)
+                stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError as error:
+            raise ProbeError(f"{path}: image of row {rows[i]} cannot be read ({error.strerror})") from error
+        parts = [image, str(labels[i]), stamp, *(extra[i] if extra is not None else ())]
+        digest.update(("\x1f".join(parts) + "\n").encode())
+    return digest.hexdigest()
+
+
+def cache_key(record: Mapping[str, Any]) -> str:
+    """sha256 hex digest of the canonical JSON of a cache record."""
+    return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
+
+
+def _save_arrays(handle: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    np.savez(handle, **arrays)
+
+
+def write_feature_cache(path: str | os.PathLike[str], features: FeatureSet, key: str) -> np.ndarray:
+    """Write one split's features atomically (float16 unless a value exceeds 65504, then float32); returns
+    the stored features array."""
+    values = features.features
+    if values.size and float(np.abs(values).max()) > FP16_MAX:
+        log.info("%s: features exceed the float16 range (max |x| > %g); stored as float32", path, FP16_MAX)
+        stored = values.astype(np.float32)
+    else:
+        stored = values.astype(np.float16)
+    arrays = {
+        "features": stored,
+        "labels": features.labels.astype(np.int64),
+        "ids": np.asarray(features.ids, dtype=str),
+        "key": np.asarray(key),
+        "recipe": np.asarray(canonical_json(features.recipe)),
+        "version": np.asarray(CACHE_VERSION),
+    }
+    # A handle, not a path: np.savez appends ".npz" to a path that lacks it (the temporary file does).
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        _save_arrays(handle, arrays)
+    return stored
+
+
+def _read_cache(path: Path, key: str, rows: Manifest, split: str, classes: Any) -> FeatureSet | None:
+    """The cached split, or None (with a warning) when the file is unreadable or does not match."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != CACHE_VERSION or str(data["key"]) != key:
+                raise ValueError("its key or version does not match its name")
+            features = data["features"].astype(np.float32)
+            labels = data["labels"].astype(np.int64)
+            ids = data["ids"].astype(str)
+            recipe = json.loads(str(data["recipe"]))
+        expected = rows.table["image"].astype(str).to_numpy()
+        if features.ndim != 2 or len(features) != len(expected) or not np.array_equal(ids, expected):
+            raise ValueError("its rows differ from the manifest's")
+        return FeatureSet(features, labels, ids, split, _meta(rows), classes, recipe)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, ProbeError) as error:
+        log.warning("feature cache %s is unreadable (%s); recomputing", path, error)
+        return None
+
+
+def cached_features(
+    encoder: nn.Module,
+    manifest: Manifest,
+    splits: str | Sequence[str],
+    *,
+    pooling: str = "cls",
+    cache_dir: str | os.PathLike[str],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    transform: Callable[..., dict[str, Any]] | None = None,
+    amp: bool = True,
+    hash_content: bool = False,
+    progress: bool = True,
+) -> dict[str, FeatureSet]:
+    """`extract_features` for each split through the on-disk cache in `cache_dir`; {split: FeatureSet}.
+
+    Each split is one file ``<split>-<key[:32]>.npz`` (key: see the module docstring). A present, readable
+    file whose key and rows match is returned without running the encoder (logged as "cache hit"); a
+    corrupt or mismatching file is recomputed with a warning and overwritten. Cached features come back as
+    float32 from float16 storage. Other arguments as in `extract_features`; `hash_content` hashes image
+    bytes instead of size + mtime. Raises as `extract_features`.
+    """
+    if pooling not in POOLINGS:
+        raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    device = resolve_device(device)
+    transform = transform if transform is not None else probe_transform(encoder)
+    base = {
+        "version": CACHE_VERSION,
+        "encoder": encoder_hash(encoder),
+        "transform": describe_transform(transform),
+        "pooling": pooling,
+        "image_size": int(encoder.spec.image_size),
+        "precision": precision(device, amp),
+    }
+    out: dict[str, FeatureSet] = {}
+    for split in splits:
+        rows = _split_rows(manifest, split)
+        record = {**base, "split": split, "manifest": manifest_hash(rows, content=hash_content)}
+        key = cache_key(record)
+        path = Path(cache_dir) / f"{split}-{key[:32]}.npz"
+        if path.exists():
+            cached = _read_cache(path, key, rows, split, manifest.classes)
+            if cached is not None:
+                log.info("cache hit: %s features from %s", split, path)
+                out[split] = cached
+                continue
+        log.info("cache miss: extracting %s features (%d images) into %s", split, len(rows), path)
+        features = extract_features(
+            encoder,
+            manifest,
+            split,
+            pooling=pooling,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            transform=transform,
+            amp=amp,
+            progress=progress,
+        )
+        features.recipe = {**features.recipe, "cache_key": key}
+        stored = write_feature_cache(path, features, key)
+        # the values a later cache hit will read, so results do not depend on whether the cache was warm
+        features.features = stored.astype(np.float32)
+        out[split] = features
+    return out
+
+
+# ------------------------------------------------------------------------------------------ user files
+
+
+def _is_integral(values: np.ndarray) -> bool:
+    if values.dtype.kind in "iub":
+        return True
+    if values.dtype.kind == "f":
+        return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+    return False
+
+
+def _check_split(split: str, x: Any, y: Any, problems: list[str]) -> FeatureSet | None:
+    """Validate one split's arrays, appending every problem; the FeatureSet when there is none."""
+    before = len(problems)
+    xk, yk = f"{split}_x", f"{split}_y"
+    if x.dtype.kind not in "fiub":
+        problems.append(f"{xk}: features must be numeric, got dtype {x.dtype}")
+    elif x.ndim != 2:
+        fix = " (reshape to (N, 1) for a single feature)" if x.ndim == 1 else ""
+        problems.append(f"{xk}: features must be 2-D (N, D), got shape {x.shape}{fix}")
+    elif x.dtype.kind == "f" and not np.isfinite(x).all():
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        rows = int((~np.isfinite(x)).any(axis=1).sum())
+        problems.append(
+            f"{xk}: {nan} NaN and {inf} infinite feature value(s) in {rows} row(s) of split {split}"
+        )
+    if y.ndim != 1:
+        problems.append(f"{yk}: labels must be 1-D (N,), got shape {y.shape}")
+    elif not _is_integral(y):
+        bad = y if y.dtype.kind not in "f" else y[~(np.isfinite(y) & (y == np.round(y)))]
+        problems.append(
+            f"{yk}: labels must be integers (class codes 0..C-1), got dtype {y.dtype} "
+            f"with {len(bad)} non-integer value(s), e.g. {bad[:3].tolist()}"
+        )
+    elif len(y) and int(y.min()) < 0:
+        problems.append(f"{yk}: {int((y < 0).sum())} negative label(s); labels are class codes 0..C-1")
+    if x.ndim >= 1 and y.ndim >= 1 and len(x) != len(y):
+        problems.append(f"split {split}: {xk} has {len(x)} rows but {yk} has {len(y)} labels")
+    if len(problems) > before:
+        return None
+    return FeatureSet(
+        features=x.astype(np.float32),
+        labels=y.astype(np.int64),
+        ids=np.asarray([f"{split}/{i}" for i in range(len(y))]),
+        split=split,
+    )
+
+
+def load_feature_file(path: str | os.PathLike[str]) -> dict[str, FeatureSet]:
+    """Read user features from an ``.npz`` with ``train_x, train_y, test_x, test_y`` (+ optional ``val_*``).
+
+    `*_x` are (N, D) numeric features, `*_y` (N,) integer class codes (integer-valued floats are accepted).
+    Optional ``<split>_ids`` give row ids (default ``"<split>/<i>"``). Every problem is collected and raised
+    together as one `ProbeError` naming the file: unreadable file, missing keys, 1-D or non-numeric
+    features, NaN/inf features (count and split), non-integer or negative labels, x/y length mismatches
+    (naming the split), and differing feature widths across splits. Unknown keys are ignored with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"{path}: feature file not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ProbeError(f"{path}: not a readable .npz feature file ({error})") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ProbeError(f"{path}: expected an .npz archive with train_x, train_y, ..., got a single array")
+    problems: list[str] = []
+    with data:
+        keys = set(data.files)
+        required = [f"{s}_{a}" for s in ("train", "test") for a in ("x", "y")]
+        problems += [f"missing key {k!r}" for k in required if k not in keys]
+        if ("val_x" in keys) != ("val_y" in keys):
+            have, lack = ("val_x", "val_y") if "val_x" in keys else ("val_y", "val_x")
+            problems.append(f"key {have!r} is present but {lack!r} is missing")
+        known = {f"{s}_{a}" for s in FEATURE_SPLITS for a in ("x", "y", "ids")}
+        unknown = sorted(keys - known)
+        if unknown:
+            log.warning("%s: ignoring unknown key(s) %s", path, unknown)
+        out: dict[str, FeatureSet] = {}
+        for split in FEATURE_SPLITS:
+            if f"{split}_x" not in keys or f"{split}_y" not in keys:
+                continue
+            arrays = {}
+            for k in (f"{split}_x", f"{split}_y", f"{split}_ids"):
+                if k in keys:
+                    try:
+                        arrays[k] = np.asarray(data[k])
+                    except (ValueError, OSError, zipfile.BadZipFile) as error:
+                        problems.append(f"{k}: cannot be read ({error})")
+            if f"{split}_x" not in arrays or f"{split}_y" not in arrays:
+                continue
+            features = _check_split(split, arrays[f"{split}_x"], arrays[f"{split}_y"], problems)
+            ids = arrays.get(f"{split}_ids")
+            if features is not None and ids is not None:
+                if ids.shape != (len(features),):
+                    problems.append(f"{split}_ids: shape {ids.shape} does not match {len(features)} rows")
+                else:
+                    features.ids = ids.astype(str)
+            if features is not None:
+                out[split] = features
+    widths = {split: fs.dim for split, fs in out.items()}
+    if len(set(widths.values())) > 1:
+        problems.append(f"feature widths differ between splits: {widths}")
+    if problems:
+        raise ProbeError("\n  ".join([f"{path}: {len(problems)} problem(s)", *problems]))
+    return out

@@ -1,0 +1,242 @@
+"""`panderm probe`: features of a frozen encoder (cached) or from a user's .npz, one probe, and its outputs:
+metrics.json (values, missing metrics with reasons, bootstrap CIs, subgroup gaps), per-image predictions in
+PanDerm's columns, a PanDerm summary row, figures and report.md/html in the run folder."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from panderm.data.sources import load_data
+from panderm.errors import ConfigError, ProbeError
+from panderm.report import Report
+from panderm.runs import seed_everything, start_run, write_metrics
+from probes.encoders import load_probe_encoder
+from probes.features import FeatureSet, cached_features, load_feature_file, resolve_device
+from probes.fewshot import label_efficiency, run_fewshot
+from probes.knn import knn_proba, prototype_proba
+from probes.linear import fit_linear_panderm, fit_linear_sweep
+from probes.metrics import bootstrap_ci, classification_metrics, subgroup_gaps, subgroup_metrics
+from probes.plots import plot_confusion, plot_curve, plot_reliability, plot_roc, plot_umap
+from probes.predictions import summary_row, write_predictions, write_summary
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.csv"
+SUMMARY = "summary.csv"
+CURVE_TABLE = "curve.csv"
+
+
+# ------------------------------------------------------------------------------------------ classifiers
+
+
+def _check_options(function: Callable[..., Any], name: str, options: Mapping[str, Any]) -> None:
+    """A misspelt or unknown probe option is a `ConfigError` naming the valid ones."""
+    accepted = {
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"probe {name!r}: unknown probe.options {unknown}; valid: {sorted(accepted)}")
+
+
+def _fit_linear(
+    sets: Mapping[str, FeatureSet], num_classes: int, device: torch.device, seed: int, name: str, **options
+) -> tuple[np.ndarray, dict[str, Any]]:
+    x, y = sets["train"].tensors(device)
+    if name == "linear_panderm":  # the PanDerm protocol: train split only
+        _check_options(fit_linear_panderm, name, options)
+        probe = fit_linear_panderm(x, y, num_classes, **options)
+    else:
+        _check_options(fit_linear_sweep, name, options)
+        val = sets["val"].tensors(device) if "val" in sets else (None, None)
+        probe = fit_linear_sweep(x, y, *val, num_classes=num_classes, seed=seed, **options)
+    return probe.predict_proba(sets["test"].tensors(device)[0]), probe.recipe
+
+
+def _fit_knn(
+    sets: Mapping[str, FeatureSet], num_classes: int, device: torch.device, seed: int, name: str, **options
+) -> tuple[np.ndarray, dict[str, Any]]:
+    x, y = sets["train"].tensors(device)
+    query = sets["test"].tensors(device)[0]
+    variant = options.pop("variant", "dino")
+    if variant == "prototype":
+        _check_options(prototype_proba, name, options)
+        proba = prototype_proba(x, y, query, num_classes=num_classes, **options)
+    else:
+        _check_options(knn_proba, name, options)
+        proba = knn_proba(x, y, query, num_classes=num_classes, variant=variant, **options)
+    return np.asarray(proba), {"name": "knn", "variant": variant, **options}
+
+
+CLASSIFIERS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
+    "linear_panderm": _fit_linear,
+    "linear_sweep": _fit_linear,
+    "knn": _fit_knn,
+}
+CURVES: dict[str, Callable[..., pd.DataFrame]] = {
+    "fewshot": run_fewshot,
+    "label_efficiency": label_efficiency,
+}
+PROBE_NAMES = (*CLASSIFIERS, *CURVES)
+
+
+# -------------------------------------------------------------------------------------------- features
+
+
+def load_feature_sets(cfg: DictConfig, run_dir: Path) -> dict[str, FeatureSet]:
+    """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `cfg.data` (cached)."""
+    if cfg.features:
+        return load_feature_file(cfg.features)
+    if not cfg.encoder:
+        raise ConfigError("set encoder=<checkpoint | random:... | timm:...> or features=<file.npz>")
+    manifest = load_data(cfg.data, run_dir)
+    if not manifest.has_labels:
+        raise ProbeError(f"{manifest.source}: the manifest has no labels to probe")
+    encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed)
+    splits = [s for s in ("train", "val", "test") if (manifest.table["split"] == s).any()]
+    return cached_features(
+        encoder,
+        manifest,
+        splits,
+        pooling=cfg.pooling,
+        cache_dir=cfg.cache_dir,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=None if cfg.device == "auto" else cfg.device,
+    )
+
+
+def _check_subgroups(columns: list[str], test: FeatureSet) -> None:
+    available = [] if test.meta is None else list(test.meta.columns)
+    unknown = [c for c in columns if c not in available]
+    if unknown:
+        raise ConfigError(f"subgroups: {unknown} not among the test split's columns {available}")
+
+
+def _class_names(sets: Mapping[str, FeatureSet]) -> list[str]:
+    for fs in sets.values():
+        if fs.classes:
+            return list(fs.classes)
+    labels = np.concatenate([fs.labels for fs in sets.values()])
+    return [str(c) for c in range(int(labels.max()) + 1)]
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def evaluate_predictions(
+    test: FeatureSet,
+    proba: np.ndarray,
+    classes: list[str],
+    run_dir: Path,
+    *,
+    subgroups: list[str],
+    bootstrap: int,
+    seed: int,
+    plots: bool,
+    dataset: str,
+    report: Report,
+) -> dict[str, Any]:
+    """Metrics with CIs and subgroup gaps, predictions + summary CSVs and figures for test probabilities."""
+    y = test.labels
+    metrics = classification_metrics(y, proba, classes=classes)
+    result: dict[str, Any] = metrics.to_dict()
+    if bootstrap:
+        result["ci95"] = bootstrap_ci(y, proba, n_resamples=bootstrap, seed=seed).to_dict()
+    write_predictions(run_dir / PREDICTIONS, test.ids, y, proba, classes, split="test")
+    write_summary(run_dir / SUMMARY, [summary_row(metrics, dataset)])
+    table = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.values.items()])
+    if "ci95" in result:
+        intervals = result["ci95"].get("intervals", result["ci95"])
+        table["95% CI"] = [
+            "[{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "" for k in table["metric"]
+        ]
+    report.table(table, f"Test metrics ({len(y)} images)")
+    for name, reason in metrics.missing.items():
+        report.text(f"- `{name}` not computed: {reason}")
+    result["subgroups"] = {}
+    for column in subgroups:
+        frame = subgroup_metrics(y, proba, test.meta[column].to_numpy(), column=column)
+        frame.to_csv(run_dir / f"subgroups_{column}.csv", index=False)
+        result["subgroups"][column] = {"gaps": subgroup_gaps(frame), "table": f"subgroups_{column}.csv"}
+        report.table(frame, f"Metrics per {column}")
+    if plots:
+        figures = run_dir / "figures"
+        shown = [
+            (
+                plot_confusion(y, proba.argmax(1), classes, figures / "confusion.png"),
+                "confusion matrix (test)",
+            ),
+            (plot_roc(y, proba, classes, figures / "roc.png"), "ROC curves (test)"),
+            (plot_reliability(y, proba, figures / "reliability.png"), "reliability diagram (test)"),
+            (plot_umap(test.features, y, classes, figures / "umap.png", seed=seed), "UMAP of test features"),
+        ]
+        for path, caption in shown:
+            report.figure(path, caption, relative_to=run_dir)
+    return result
+
+
+def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run the configured probe into `run_dir`; returns what metrics.json holds."""
+    run_dir = start_run(cfg, run_dir)
+    seed_everything(cfg.seed)
+    name = cfg.probe.name
+    if name not in PROBE_NAMES:
+        raise ConfigError(f"probe.name={name!r} is not one of {PROBE_NAMES}")
+    options = OmegaConf.to_container(cfg.probe.options, resolve=True)
+    sets = load_feature_sets(cfg, run_dir)
+    if "train" not in sets or "test" not in sets:
+        raise ProbeError(f"probing needs a train and a test split; found {sorted(sets)}")
+    classes = _class_names(sets)
+    _check_subgroups(list(cfg.subgroups), sets["test"])
+    device = resolve_device(None if cfg.device == "auto" else cfg.device)
+    source = cfg.features or cfg.encoder
+    dataset = Path(cfg.features).stem if cfg.features else cfg.data.name
+    report = Report(f"Probe `{name}` of `{source}` on `{dataset}`")
+    sizes = ", ".join(f"{split} {len(fs)}" for split, fs in sets.items())
+    report.text(f"{sets['train'].dim}-d features ({cfg.pooling} pooling); {sizes} images; classes {classes}.")
+    metrics: dict[str, Any] = {"probe": name, "source": str(source), "dataset": dataset, "classes": classes}
+    if name in CLASSIFIERS:
+        proba, recipe = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
+        metrics["recipe"] = recipe
+        metrics["test"] = evaluate_predictions(
+            sets["test"],
+            np.asarray(proba, dtype=np.float64),
+            classes,
+            run_dir,
+            subgroups=list(cfg.subgroups),
+            bootstrap=cfg.bootstrap,
+            seed=cfg.seed,
+            plots=cfg.plots,
+            dataset=dataset,
+            report=report,
+        )
+    else:
+        train, test = sets["train"].tensors(device), sets["test"].tensors(device)
+        if name == "label_efficiency" and "val" in sets:
+            options = {**dict(zip(("val_x", "val_y"), sets["val"].tensors(device), strict=True)), **options}
+        _check_options(CURVES[name], name, options)
+        curve = CURVES[name](*train, *test, num_classes=len(classes), seed=cfg.seed, **options)
+        curve.to_csv(run_dir / CURVE_TABLE, index=False)
+        metrics["curve"] = curve.to_dict(orient="records")
+        report.table(curve, f"{name} on the test split (mean ± std)")
+        if cfg.plots:
+            x = "shot" if name == "fewshot" else "fraction"
+            path = plot_curve(curve, x, "balanced_accuracy", run_dir / "figures" / f"{name}.png", log_x=True)
+            report.figure(path, f"{name}: balanced accuracy against {x}", relative_to=run_dir)
+    write_metrics(run_dir, metrics)
+    report.write(run_dir)
+    log.info("probe %s: results in %s", name, run_dir)
+    return metrics
