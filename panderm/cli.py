@@ -31,16 +31,14 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
 
 def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
     """Run a Hydra command with `overrides` (Hydra's own flags such as --help work); returns the exit code."""
-    import importlib
-
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     from panderm.config import register_configs
     from panderm.paths import config_dir
+    from panderm.runs import load_task
 
-    module, function = HYDRA_COMMANDS[config_name][0].split(":")
-    task = getattr(importlib.import_module(module), function)
+    task = load_task(HYDRA_COMMANDS[config_name][0])
     register_configs()
     status = {"code": 0}
 

@@ -161,6 +161,17 @@ class DemoPretrainConfig:
 
 
 @dataclass
+class DemoProbeConfig:
+    """The demo's probe stage: each probe on the demo-pretrained encoder and on the same architecture at
+    random init (`panderm probe` on the demo's dermatology data)."""
+
+    enabled: bool = True
+    probes: list[str] = field(default_factory=lambda: ["linear_sweep", "knn"])
+    subgroups: list[str] = field(default_factory=lambda: ["modality", "fitzpatrick"])
+    bootstrap: int = 200
+
+
+@dataclass
 class DemoConfig:
     """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
 
@@ -172,6 +183,7 @@ class DemoConfig:
     )
     overview: OverviewConfig = field(default_factory=OverviewConfig)
     pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
+    probe: DemoProbeConfig = field(default_factory=lambda: DemoProbeConfig())
 
 
 @dataclass

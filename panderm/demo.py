@@ -1,14 +1,14 @@
 """`panderm demo`: the main job. Generates the embedded default data and reports every stage.
 
 Each stage is a function `(ctx) -> None` that adds a section to the report and its figures to
-`figures/`; later capabilities append their stage to `STAGES`.
+`figures/`; `STAGES` names them in order ("module:function", so stages of the packages built on panderm,
+such as probes, run without panderm importing them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from panderm.data.sources import SKIPPED_IMAGES, load_data, make_dataset
 from panderm.data.transforms import eval_transform
 from panderm.pretrain.run import run_pretrain
 from panderm.report import Report
-from panderm.runs import start_run, write_metrics
+from panderm.runs import load_task, start_run, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,11 @@ def pretrain_stage(ctx: DemoContext) -> None:
     ctx.report.table(pd.DataFrame([shown]), "Final pretraining metrics")
 
 
-STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [("data", data_stage), ("pretrain", pretrain_stage)]
+STAGES: list[tuple[str, str]] = [
+    ("data", "panderm.demo:data_stage"),
+    ("pretrain", "panderm.demo:pretrain_stage"),
+    ("probe", "probes.demo_stage:probe_stage"),
+]
 
 
 def run_demo(cfg: DictConfig, run_dir: str | Path) -> Path:
@@ -118,7 +122,7 @@ def run_demo(cfg: DictConfig, run_dir: str | Path) -> Path:
     for name, stage in STAGES:
         start = time.perf_counter()
         log.info("demo stage %s", name)
-        stage(ctx)
+        load_task(stage)(ctx)
         timings[name] = round(time.perf_counter() - start, 2)
     ctx.metrics["seconds_per_stage"] = timings
     report.heading("Timings")

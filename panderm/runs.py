@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from panderm.io import atomic_write_json, atomic_write_text
+
+
+def load_task(name: str) -> Callable[..., Any]:
+    """The function named "package.module:function", imported on demand: how `panderm` runs commands and demo
+    stages of packages built on it (probes, readers) without importing them."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def seed_everything(seed: int) -> None:

@@ -56,6 +56,18 @@ def test_demo_writes_report_with_figures(tmp_path):
         metrics["pretrain"]["global_step"] >= 16
         and 0 <= metrics["pretrain"]["val/probe_balanced_accuracy"] <= 1
     )
+    # Probe stage: both encoders, both probes, with their figures and subgroup tables.
+    assert "## Probes" in report
+    for source in ("demo-pretrained", "random_init"):
+        for probe in ("linear_sweep", "knn"):
+            folder = run_dir / "probe" / f"{source}-{probe}"
+            saved = json.loads((folder / "metrics.json").read_text())
+            assert 0 <= saved["test"]["values"]["balanced_accuracy"] <= 1
+            assert (folder / "predictions.csv").is_file() and (folder / "subgroups_fitzpatrick.csv").is_file()
+        assert f"probe/{source}-linear_sweep/figures/umap.png" in report
+    assert set(metrics["probe"]) == {
+        f"{s}/{p}" for s in ("demo-pretrained", "random init") for p in ("linear_sweep", "knn")
+    }
 
 
 def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
@@ -69,7 +81,7 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
     }
     table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
     common = ["data=manifest", f"data.path={tmp_path / 'data' / 'manifest.csv'}", "radiology.n_patients=40"]
-    common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false"]
+    common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false", "probe.enabled=false"]
 
     failed = run_demo(tmp_path / "strict", *common)
     assert failed.returncode == 1
