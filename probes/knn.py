@@ -8,9 +8,11 @@
   prototype, and score a query by its Euclidean distance to each prototype.
 
 The search is chunked over query rows and, when the training set is too large for one block, over training
-rows with a running top-k merge, so memory stays under `memory_budget` bytes (beyond the inputs). Written by
-hand because scikit-learn's `KNeighborsClassifier` runs on the CPU in float64 and has neither the
-temperature-weighted votes nor a memory budget.
+rows with a running top-k merge, so memory stays under `memory_budget` bytes (beyond the inputs). Each block
+is one `torch.mm` into a reused buffer followed by `topk` on it; the query norm divides only the k selected
+similarities (ranking within a row does not depend on it). Written by hand because scikit-learn's
+`KNeighborsClassifier` runs on the CPU only and has neither the temperature-weighted votes nor a memory
+budget. On the CPU both are bound by the same float32 matrix multiply (see benchmarks/probes.py).
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ Variant = Literal["dino", "uni"]
 VARIANTS: tuple[str, ...] = ("dino", "uni")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # 1 GiB of working memory beyond the inputs
 _F32 = 4
+_EPS = 1e-12  # F.normalize's floor on row norms
 
 
 def _prepare(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
     """Centre (if given) and L2-normalise rows; an all-zero row stays zero."""
-    return F.normalize(x if center is None else x - center, dim=1)
+    return F.normalize(x if center is None else x - center, dim=1, eps=_EPS)
+
+
+def _even_steps(total: int, step: int) -> int:
+    """`step` evened out: the same number of chunks of `total` rows, as equal in size as possible (>= 1)."""
+    step = max(step, 1)
+    return -(-total // -(-total // step)) if total else step
 
 
 def plan_chunks(
@@ -104,40 +113,50 @@ def _search(
     if k < 1:
         raise ProbeError(f"k must be >= 1, got {k}")
     n, dim = train.shape
+    m = len(query)
     if k > n:
         logger.info("k=%d exceeds the %d training rows; using k=%d", k, n, n)
         k = n
     center = train.mean(dim=0) if variant == "uni" else None
     cached = n * dim * _F32 <= memory_budget // 2
-    q_auto, t_auto = plan_chunks(n, len(query), dim, k, memory_budget, cached)
+    q_auto, t_auto = plan_chunks(n, m, dim, k, memory_budget, cached)
     for name, value in (("chunk_size", chunk_size), ("train_chunk_size", train_chunk_size)):
         if value is not None and value < 1:
             raise ProbeError(f"{name} must be >= 1, got {value}")
-    q_step = chunk_size or q_auto
+    q_step = chunk_size or _even_steps(m, q_auto)
     t_step = train_chunk_size or t_auto
     bank = _prepare(train, center) if cached else None
-    sims_out = torch.empty(len(query), k, dtype=torch.float32, device=train.device)
-    idx_out = torch.empty(len(query), k, dtype=torch.int64, device=train.device)
+    sims_out = torch.empty(m, k, dtype=torch.float32, device=train.device)
+    idx_out = torch.empty(m, k, dtype=torch.int64, device=train.device)
+    # One similarity buffer for every block (torch.mm writes into it; topk reads it in place).
+    buffer = torch.empty(min(q_step, m) * min(t_step, n), dtype=torch.float32, device=train.device)
     with torch.no_grad():
-        for q0 in range(0, len(query), q_step):
-            q = _prepare(query[q0 : q0 + q_step], center)
+        for q0 in range(0, m, q_step):
+            q = query[q0 : q0 + q_step]
+            if center is not None:
+                q = q - center
+            # Rows are ranked by q . t / |t|: the query norm only rescales a row, so it divides the k best
+            # similarities afterwards instead of a normalised copy of the chunk (same floor as F.normalize).
+            q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min_(_EPS)
             best_s: torch.Tensor | None = None
             best_i: torch.Tensor | None = None
             for t0 in range(0, n, t_step):
                 block = (
                     bank[t0 : t0 + t_step] if bank is not None else _prepare(train[t0 : t0 + t_step], center)
                 )
-                s, i = (q @ block.t()).topk(min(k, len(block)), dim=1)
-                i += t0
+                sims = buffer[: len(q) * len(block)].view(len(q), len(block))
+                torch.mm(q, block.t(), out=sims)
+                s, i = sims.topk(min(k, len(block)), dim=1)
                 if best_s is None:
                     best_s, best_i = s, i
                 else:  # running merge: keep the k best of (previous best, this block's best)
+                    i += t0
                     merged = torch.cat([best_s, s], dim=1)
                     s, pos = merged.topk(min(k, merged.shape[1]), dim=1)
                     best_i = torch.cat([best_i, i], dim=1).gather(1, pos)
                     best_s = s
             assert best_s is not None and best_i is not None
-            sims_out[q0 : q0 + q_step] = best_s
+            torch.div(best_s, q_norm, out=sims_out[q0 : q0 + q_step])
             idx_out[q0 : q0 + q_step] = best_i
     return sims_out, idx_out
 
@@ -174,11 +193,15 @@ def knn_proba(
     (train, labels), (query, _) = splits["train"], splits["query"]
     assert labels is not None
     sims, idx = _search(train, query, k, variant, chunk_size, train_chunk_size, memory_budget)
-    uniform = variant == "uni"
-    weights = torch.ones_like(sims) if uniform else ((sims - sims[:, :1]) / temperature).exp_()
-    votes = torch.zeros(len(query), num_classes, dtype=torch.float64, device=train.device)
-    votes.scatter_add_(1, labels[idx], weights.double())
-    return (votes / votes.sum(dim=1, keepdim=True)).cpu().numpy()
+    # The (M, k) votes are tallied in numpy on the host: a handful of tiny ops that would each be a parallel
+    # region (or a kernel launch) in torch, where a busy CPU makes every one of them wait for its threads.
+    top = sims.cpu().numpy().astype(np.float64)
+    voters = labels.cpu().numpy()[idx.cpu().numpy()]
+    weights = np.ones_like(top) if variant == "uni" else np.exp((top - top[:, :1]) / temperature)
+    cells = (np.arange(len(top))[:, None] * num_classes + voters).ravel()
+    votes = np.bincount(cells, weights=weights.ravel(), minlength=len(top) * num_classes)
+    votes = votes.reshape(len(top), num_classes)
+    return votes / votes.sum(axis=1, keepdims=True)
 
 
 def prototype_proba(

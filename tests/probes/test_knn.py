@@ -70,6 +70,22 @@ def test_chunked_search_gives_the_same_result(variant):
     np.testing.assert_allclose(tiny, whole, rtol=0, atol=1e-6)
 
 
+def test_query_scale_and_zero_query_rows():
+    """Queries are not normalised before the matrix multiply: their norm divides the k best similarities."""
+    x, y = features(90, 8, 3, seed=12)
+    q, _ = features(12, 8, 3, seed=13)
+    q[4] = 0
+    s, i = knn_search(x, q, k=7, chunk_size=5)
+    np.testing.assert_array_equal(s[4].numpy(), 0)  # an all-zero row stays zero, as with F.normalize
+    keep = np.arange(len(q)) != 4
+    _, ref_idx, ref_sims = reference_knn(x, y, q[keep], 3, 7, 0.07, "dino")
+    np.testing.assert_array_equal(i.numpy()[keep], ref_idx)
+    np.testing.assert_allclose(s.numpy()[keep], ref_sims, atol=1e-5)
+    s_big, i_big = knn_search(x, q * 1e3, k=7)  # a query's scale changes nothing
+    np.testing.assert_array_equal(i_big.numpy()[keep], i.numpy()[keep])
+    np.testing.assert_allclose(s_big.numpy(), s.numpy(), atol=1e-6)
+
+
 def test_chunk_plan_fits_the_budget():
     budget = 2 * 10**9
     n, m, d, k = 100_000, 50_000, 1024, 20
@@ -89,6 +105,13 @@ def test_k_larger_than_train_uses_every_row():
     q, _ = features(4, 5, 3, seed=5)
     ref, _, _ = reference_knn(x, y, q, 3, 6, 0.07, "dino")
     np.testing.assert_allclose(knn_proba(x, y, q, num_classes=3, k=20), ref, atol=1e-6)
+
+
+def test_no_query_rows():
+    x, y = features(20, 4, 2, seed=14)
+    assert knn_proba(x, y, x[:0], num_classes=2).shape == (0, 2)
+    sims, idx = knn_search(x, x[:0], k=3)
+    assert sims.shape == idx.shape == (0, 3)
 
 
 def test_missing_class_gets_zero_votes():
