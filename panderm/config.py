@@ -155,7 +155,7 @@ class DemoPretrainConfig:
     """The demo's pretraining stage: `panderm pretrain` defaults on the demo data with this budget."""
 
     enabled: bool = True
-    max_epochs: int = 4
+    max_epochs: int = 15
     batch_size: int = 64
     progress_bar: bool = True
 
