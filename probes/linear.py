@@ -518,13 +518,15 @@ def fit_linear_sweep(
         classes = torch.unique(ys)
         mean, std = _moments(xs)
         xs = _standardise(xs, mean, std)
-        use = precondition if precondition is not None else len(xs) >= xs.shape[1] and xs.shape[1] <= 2048
+        use = precondition if precondition is not None else len(xs) >= xs.shape[1] and xs.shape[1] <= 4096
         eig = torch.linalg.eigh(xs.t() @ xs / len(xs)) if use else None
         return _Prepared(xs, _compact_labels(ys, classes, num_classes), classes, mean, std, eig)
 
     def solve(data: _Prepared, c: float, init: Any = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        reg = 1.0 / (2.0 * c * len(data.x))
         n_cls = len(data.classes)
+        # Two softmax rows w0, w1 meet sklearn's single binary logit w = w1 - w0 at w0 = -w1 = w/2, so the
+        # penalty on both rows is doubled to keep sklearn's C (penalty ||w||^2 / 2C) for binary tasks.
+        reg = (2.0 if n_cls == 2 else 1.0) / (2.0 * c * len(data.x))
         precond = None if data.eig is None else _preconditioner(data.eig, reg, n_cls)
         weight, bias, n = _lbfgs(
             data.x,

@@ -146,6 +146,18 @@ def test_sweep_single_c_matches_sklearn(c, precondition):
     assert probe.reg == pytest.approx(1 / (2 * c * len(x)))
 
 
+def test_sweep_binary_uses_sklearns_c():
+    x, y = blobs(300, 10, 2, seed=4, sep=0.35)
+    xq, _ = blobs(300, 10, 2, seed=5, sep=0.35)
+    for c in (0.01, 1.0):
+        probe = fit_linear_sweep(x, y, num_classes=2, c_grid=[c], tol=1e-8, max_iter=2000)
+        scaler = StandardScaler().fit(x)
+        sk = LogisticRegression(C=c, tol=1e-10, max_iter=10000).fit(scaler.transform(x), y)
+        np.testing.assert_allclose(probe.predict_proba(xq), sk.predict_proba(scaler.transform(xq)), atol=1e-3)
+        w = probe.weight.numpy()
+        np.testing.assert_allclose(w[1] - w[0], sk.coef_[0], atol=2e-3 * np.abs(sk.coef_).max())
+
+
 def test_sweep_selects_the_best_validation_score():
     k = 3
     x, y = blobs(240, 40, k, seed=6, sep=0.25)
