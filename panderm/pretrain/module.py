@@ -101,6 +101,18 @@ class PretrainModule(L.LightningModule):
         self.log("train/probe_loss", probe_loss.detach(), sync_dist=True)
         return probe_loss
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # The probe is left out of the norm: its batch-norm gradients differ between one process and DDP,
+        # and it must never change how far the encoder moves.
+        if gradient_clip_val:
+            params = [p for m in (self.encoder, self.method) for p in m.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # After the real optimiser step (not per micro-batch, not for a skipped batch): e.g. the EMA update.
         super().optimizer_step(*args, **kwargs)
