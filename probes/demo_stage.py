@@ -34,8 +34,7 @@ def probe_stage(ctx: Any) -> None:
             cfg = OmegaConf.structured(ProbeConfig)
             cfg.seed, cfg.encoder, cfg.bootstrap = ctx.cfg.seed, encoder, stage.bootstrap
             cfg.subgroups = list(stage.subgroups)
-            cfg.data = ctx.cfg.data
-            cfg.data.out_dir = str(ctx.data[ctx.cfg.data.name].root)  # the images the data stage generated
+            cfg.data = ctx.generated_data()
             cfg.cache_dir = str(ctx.run_dir / "feature_cache")
             cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset(probe)))
             run_dir = ctx.run_dir / "probe" / f"{source.replace(' ', '_')}-{probe}"

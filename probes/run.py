@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from panderm.data.sources import load_data
 from panderm.errors import ConfigError, ProbeError
 from panderm.report import Report
-from panderm.runs import seed_everything, start_run, write_metrics
+from panderm.runs import start_run, write_metrics
 from probes.encoders import load_probe_encoder
 from probes.features import FeatureSet, cached_features, load_feature_file, resolve_device
 from probes.fewshot import label_efficiency, run_fewshot
@@ -95,7 +95,7 @@ PROBE_NAMES = (*CLASSIFIERS, *CURVES)
 # -------------------------------------------------------------------------------------------- features
 
 
-def load_feature_sets(cfg: DictConfig, run_dir: Path) -> dict[str, FeatureSet]:
+def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, FeatureSet]:
     """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `cfg.data` (cached)."""
     if cfg.features:
         return load_feature_file(cfg.features)
@@ -114,7 +114,7 @@ def load_feature_sets(cfg: DictConfig, run_dir: Path) -> dict[str, FeatureSet]:
         cache_dir=cfg.cache_dir,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        device=None if cfg.device == "auto" else cfg.device,
+        device=device,
     )
 
 
@@ -159,7 +159,7 @@ def evaluate_predictions(
     write_summary(run_dir / SUMMARY, [summary_row(metrics, dataset)])
     table = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.values.items()])
     if "ci95" in result:
-        intervals = result["ci95"].get("intervals", result["ci95"])
+        intervals = result["ci95"]["intervals"]
         table["95% CI"] = [
             "[{:.3f}, {:.3f}]".format(*intervals[k]) if k in intervals else "" for k in table["metric"]
         ]
@@ -190,18 +190,17 @@ def evaluate_predictions(
 
 def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Run the configured probe into `run_dir`; returns what metrics.json holds."""
-    run_dir = start_run(cfg, run_dir)
-    seed_everything(cfg.seed)
+    run_dir = start_run(cfg, run_dir)  # also seeds everything from cfg.seed
     name = cfg.probe.name
     if name not in PROBE_NAMES:
         raise ConfigError(f"probe.name={name!r} is not one of {PROBE_NAMES}")
     options = OmegaConf.to_container(cfg.probe.options, resolve=True)
-    sets = load_feature_sets(cfg, run_dir)
+    device = resolve_device(None if cfg.device == "auto" else cfg.device)
+    sets = load_feature_sets(cfg, run_dir, device)
     if "train" not in sets or "test" not in sets:
         raise ProbeError(f"probing needs a train and a test split; found {sorted(sets)}")
     classes = _class_names(sets)
     _check_subgroups(list(cfg.subgroups), sets["test"])
-    device = resolve_device(None if cfg.device == "auto" else cfg.device)
     source = cfg.features or cfg.encoder
     dataset = Path(cfg.features).stem if cfg.features else cfg.data.name
     report = Report(f"Probe `{name}` of `{source}` on `{dataset}`")
