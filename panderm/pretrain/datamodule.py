@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from panderm.data.dataset import BadImagePolicy, ManifestDataset, collate
+from panderm.data.loaders import DeferredLoader, ResumableDataModule
 from panderm.data.manifest import Manifest
-from panderm.data.sampling import EpochSampler, SampleKey, sample_seed
+from panderm.data.sampling import SampleKey, sample_seed
 from panderm.data.shards import INDEX_NAME, ShardDataset, read_index
 from panderm.data.sources import SKIPPED_IMAGES
 from panderm.data.transforms import eval_transform, train_transform
@@ -62,30 +62,7 @@ class MaskedDataset(Dataset):
         return sample
 
 
-class _DeferredLoader(DataLoader):
-    """A DataLoader whose iteration starts when the first batch is asked for, calling `on_iter()` (if given)
-    first.
-
-    Lightning creates the train iterator while it sets up, before a resumed run has restored its epoch, and
-    uses that iterator for the first epoch; with workers a DataLoader would hand them the dataset and draw the
-    sampler's first indices right there, from epoch 0. Deferred, the sampler's `set_epoch` (Lightning's, at
-    the epoch start) and `on_iter` (the epoch for a stream, whose loader has no sampler) come first.
-    """
-
-    def __init__(self, *args: Any, on_iter: Callable[[], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_iter = on_iter
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[Any]:
-        if self.on_iter is not None:
-            self.on_iter()
-        yield from super().__iter__()
-
-
-class _PretrainData(L.LightningDataModule):
+class _PretrainData(ResumableDataModule):
     """What both pretraining DataModules share: settings, transforms, and the position in the epoch that
     checkpoints record (`state_dict`) and a resumed run starts from (`_resume`, read by the train loader)."""
 
@@ -108,7 +85,6 @@ class _PretrainData(L.LightningDataModule):
         self.bad_image_log = Path(run_dir) / SKIPPED_IMAGES
         self.on_bad_image = on_bad_image
         self.seed = seed
-        self._resume: dict[str, int] | None = None
 
     @property
     def num_train_images(self) -> int:
@@ -132,19 +108,6 @@ class _PretrainData(L.LightningDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
-
-    def state_dict(self) -> dict[str, int]:
-        """Where the epoch stands (saved in every checkpoint): batches already trained on in this epoch."""
-        if self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        # A full count is the previous epoch's (saved at the epoch end): the current one has not started.
-        if done >= self.trainer.num_training_batches:
-            done = 0
-        return {"epoch": self.trainer.current_epoch, "batches": done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = dict(state) if state else None
 
 
 class PretrainDataModule(_PretrainData):
@@ -186,7 +149,6 @@ class PretrainDataModule(_PretrainData):
         self.val_manifest = manifest.subset(val_split) if val_split else None
         self._num_classes = manifest.num_classes if manifest.has_labels else None
         self.balance_modalities = balance_modalities
-        self.sampler: EpochSampler | None = None
 
     @property
     def num_train_images(self) -> int:
@@ -208,23 +170,9 @@ class PretrainDataModule(_PretrainData):
 
     def train_dataloader(self) -> DataLoader:
         dataset = MaskedDataset(self._dataset(self.train_manifest, train=True), self.masks, self.seed)
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         weights = modality_weights(self.train_manifest) if self.balance_modalities else None
-        self.sampler = EpochSampler(
-            len(dataset), seed=self.seed, weights=weights, rank=rank, world_size=world
-        )
-        if self._resume is not None:
-            self.sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
-            self._resume = None
-        return _DeferredLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            drop_last=len(self.sampler) >= self.batch_size,
-            persistent_workers=self.num_workers > 0,
+        return self.epoch_loader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed, weights=weights
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -409,7 +357,7 @@ class ShardPretrainDataModule(_PretrainData):
             rank=rank,
             world_size=world,
         )
-        return _DeferredLoader(
+        return DeferredLoader(
             self.stream,
             batch_size=self.stream.batch_size,
             num_workers=self.num_workers,

@@ -115,6 +115,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     )
 
 
+def fit_resumable(
+    trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, run_dir: Path
+) -> None:
+    """`trainer.fit`, resuming from `<run_dir>/checkpoints/last.ckpt` when it exists. On SIGTERM (after
+    last.ckpt is written at the current batch) exits with status 143 so schedulers see an unfinished job."""
+    last = run_dir / CHECKPOINTS / LAST
+    if last.is_file():
+        log.info("resuming from %s", last)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    except SIGTERMException:
+        log.warning(
+            "stopped by SIGTERM at step %d; run again with hydra.run.dir=%s to resume",
+            trainer.global_step,
+            run_dir,
+        )
+        raise SystemExit(SIGTERM_EXIT) from None
+
+
 def build_datamodule(
     cfg: DictConfig, run_dir: Path, masks: MaskGenerator, manifest: Manifest | None
 ) -> PretrainDataModule | ShardPretrainDataModule:
@@ -196,19 +215,7 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
         on_nonfinite=cfg.on_nonfinite,
     )
     trainer = build_trainer(cfg, run_dir)
-    last = run_dir / CHECKPOINTS / LAST
-    if last.is_file():
-        log.info("resuming from %s", last)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    except SIGTERMException:
-        # last.ckpt was saved after the current batch; a non-zero exit tells schedulers the job is unfinished.
-        log.warning(
-            "stopped by SIGTERM at step %d; run again with hydra.run.dir=%s to resume",
-            trainer.global_step,
-            run_dir,
-        )
-        raise SystemExit(SIGTERM_EXIT) from None
+    fit_resumable(trainer, module, data, run_dir)
     metrics: dict[str, Any] = {
         key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1
     }
