@@ -172,6 +172,18 @@ class DemoProbeConfig:
 
 
 @dataclass
+class DemoSegmentConfig:
+    """The demo's segmentation stage: each head on the frozen demo-pretrained encoder (the first head also
+    at random init), trained on the demo's lesion masks (`panderm segment`)."""
+
+    enabled: bool = True
+    heads: list[str] = field(default_factory=lambda: ["linear", "fpn_upernet", "unetr"])
+    max_epochs: int = 8
+    batch_size: int = 32
+    progress_bar: bool = True
+
+
+@dataclass
 class DemoConfig:
     """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
 
@@ -184,6 +196,7 @@ class DemoConfig:
     overview: OverviewConfig = field(default_factory=OverviewConfig)
     pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
     probe: DemoProbeConfig = field(default_factory=lambda: DemoProbeConfig())
+    segment: DemoSegmentConfig = field(default_factory=lambda: DemoSegmentConfig())
 
 
 @dataclass
@@ -214,10 +227,61 @@ class ProbeConfig:
     probe: ProbeMethodConfig = field(default_factory=ProbeMethodConfig)
 
 
+@dataclass
+class SegmentOptimConfig:
+    """AdamW with warmup-cosine per step for segmentation; `layer_decay` scales the encoder's layers in
+    fine-tuning (layer l of depth d gets lr · layer_decay^(d + 1 - l); the head gets the full lr)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    layer_decay: float | None = 0.75
+    warmup_steps: int = 10
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = 3.0
+
+
+@dataclass
+class PredictConfig:
+    """How `panderm segment` predicts evaluation images: `resize` (the whole image to the training size,
+    logits resampled back to the original size) or `sliding_window` (MONAI `sliding_window_inference` with
+    training-size windows over the image rescaled by `scale`, for images larger than the training size)."""
+
+    mode: str = "resize"
+    scale: float = 1.0
+    overlap: float = 0.25
+    window_batch_size: int = 8
+    postprocess: bool = True
+    save_masks: bool = True
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+
+
+@dataclass
+class SegmentConfig:
+    """`panderm segment`: a segmentation head on an encoder, frozen or fine-tuned, trained on the rows of
+    `data` that have masks and evaluated with MONAI metrics (see configs/segment_command/segment.yaml)."""
+
+    seed: int = 0
+    encoder: str = "random:vit_tiny/8@64"
+    head: str = "linear"
+    mode: str = "frozen"
+    layers: list[int] | None = None
+    head_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    checkpoint: str | None = None
+    batch_size: int = 32
+    num_workers: int = 2
+    on_nonfinite: str = "raise"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: SegmentOptimConfig = field(default_factory=SegmentOptimConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=10, log_every_n_steps=5))
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+
 def register_configs() -> None:
     """Register the schemas; idempotent."""
     store = ConfigStore.instance()
     store.store(name="demo_schema", node=DemoConfig)
     store.store(name="pretrain_schema", node=PretrainConfig)
     store.store(name="probe_schema", node=ProbeConfig)
+    store.store(name="segment_schema", node=SegmentConfig)
     store.store(group="data", name="data_schema", node=DataConfig)

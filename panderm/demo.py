@@ -110,6 +110,7 @@ STAGES: list[tuple[str, str]] = [
     ("data", "panderm.demo:data_stage"),
     ("pretrain", "panderm.demo:pretrain_stage"),
     ("probe", "probes.demo_stage:probe_stage"),
+    ("segment", "probes.seg_demo_stage:segment_stage"),
 ]
 
 

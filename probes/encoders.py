@@ -87,6 +87,14 @@ class TimmEncoder(nn.Module):
     def embed_dim(self) -> int:
         return int(self.model.num_features)
 
+    @property
+    def depth(self) -> int:
+        """Transformer blocks (for layer-wise lr decay); `ProbeError` for models without `blocks`."""
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None:
+            raise ProbeError(f"timm model {self.name!r} has no transformer blocks to count")
+        return len(blocks)
+
     def features(self, x: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
         """One vector per image, (B, D) or (B, 2D) for "cls+mean"; `ProbeError` for an unsupported pooling."""
         if pooling not in POOLINGS:
@@ -109,6 +117,29 @@ class TimmEncoder(nn.Module):
             raise ProbeError(f"timm model {self.name!r} has no class token; use pooling='mean'")
         cls = out[:, 0]
         return cls if pooling == "cls" else torch.cat([cls, patches], dim=1)
+
+    def intermediates(self, x: torch.Tensor, layers: Sequence[int] | int) -> list[torch.Tensor]:
+        """Feature maps (B, D, h, w) of the given blocks (0-based; negative counts from the end), like
+        `Encoder.intermediates`, via timm `forward_intermediates`. Raises `ProbeError` for a model that is
+        not ViT-like (no `forward_intermediates` over `blocks`) or a block index out of range."""
+        blocks = getattr(self.model, "blocks", None)
+        if not hasattr(self.model, "forward_intermediates") or blocks is None:
+            raise ProbeError(
+                f"timm model {self.name!r} has no ViT-style forward_intermediates (patch tokens from "
+                "`blocks`); dense heads need a ViT-family model"
+            )
+        indices = [layers] if isinstance(layers, int) else list(layers)
+        depth = len(blocks)
+        bad = [i for i in indices if not -depth <= i < depth]
+        if bad:
+            raise ProbeError(f"timm model {self.name!r}: layer(s) {bad} out of range for depth {depth}")
+        wanted = [i % depth for i in indices]
+        distinct = sorted(set(wanted))
+        maps = self.model.forward_intermediates(
+            x, indices=distinct, output_fmt="NCHW", intermediates_only=True
+        )
+        # timm gives one map per distinct block, in block order; return them in the order asked
+        return [maps[distinct.index(i)] for i in wanted]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

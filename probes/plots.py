@@ -23,7 +23,7 @@ from panderm.errors import ProbeError
 from panderm.io import atomic_write
 from probes.metrics import ECE_BINS, check_probabilities, reliability_bins
 
-__all__ = ["plot_confusion", "plot_curve", "plot_reliability", "plot_roc", "plot_umap"]
+__all__ = ["plot_confusion", "plot_curve", "plot_overlay_grid", "plot_reliability", "plot_roc", "plot_umap"]
 
 log = logging.getLogger(__name__)
 
@@ -211,4 +211,32 @@ def plot_curve(frame: Any, x: str, metric: str, path: str | os.PathLike[str], *,
         ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} (mean ± std)")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_overlay_grid(
+    rows: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | os.PathLike[str]
+) -> Path:
+    """Images with the true (green) and predicted (red) mask outlines, one row per group.
+
+    `rows` is [(row title, [{"image": (H, W, 3) uint8, "mask": (H, W) or None, "pred": (H, W), "title"}])],
+    e.g. the best, median and worst cases by Dice.
+    """
+    columns = max((len(items) for _, items in rows), default=1)
+    fig = _new_figure(2.2 * columns, 2.4 * len(rows))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (label, items) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(items):
+                continue
+            item = items[c]
+            ax.imshow(item["image"])
+            if item.get("mask") is not None and item["mask"].any():
+                ax.contour(item["mask"], levels=[0.5], colors="lime", linewidths=1.0)
+            if item["pred"].any():
+                ax.contour(item["pred"], levels=[0.5], colors="red", linewidths=1.0)
+            ax.set_title(f"{label}: {item['title']}" if c == 0 else item["title"], fontsize=7)
+    fig.suptitle("true outline green, predicted red", fontsize=8)
     return _save(fig, path)

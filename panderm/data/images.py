@@ -86,16 +86,42 @@ def decode_image(data: bytes, name: str | os.PathLike[str], *, mode: str = "RGB"
         raise ImageLoadError(name, f"corrupt or unreadable image ({exc})") from exc
 
 
-def load_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Load a binary mask as uint8 {0, 1}; any non-zero pixel is foreground.
+def load_mask(
+    path: str | os.PathLike[str], shape: tuple[int, int] | None = None, *, threshold: int | None = None
+) -> np.ndarray:
+    """Load a binary mask as uint8 {0, 1} (H, W).
 
-    `shape` (H, W), when given, must match the mask (masks are never silently resized). Raises
-    `ImageLoadError` naming the file on a size mismatch or an unreadable file.
+    By default the file must already be binary: at most two distinct grey values, one of them 0 (e.g.
+    {0, 255} or {0, 1}; an empty or a full mask has one value), and the non-zero value is foreground. A
+    mask with more values (JPEG artefacts, anti-aliased edges, a multi-class label map) is an error rather
+    than being guessed at; `threshold` (0-255) binarises such a mask on purpose: foreground = value >
+    threshold, with no check. `shape` (H, W), when given, must match the mask (masks are never silently
+    resized). Raises `ImageLoadError` naming the file when the mask is not binary, differs in size, or
+    cannot be read.
     """
     mask = load_image(path, mode="L")
     if shape is not None and mask.shape != tuple(shape):
         raise ImageLoadError(
             path, f"mask size {mask.shape[::-1]} (W, H) differs from image size {shape[::-1]}"
+        )
+    return binarise_mask(mask, path, threshold=threshold)
+
+
+def binarise_mask(
+    mask: np.ndarray, name: str | os.PathLike[str], *, threshold: int | None = None
+) -> np.ndarray:
+    """The {0, 1} uint8 form of a decoded 8-bit mask under `load_mask`'s policy (binary or an explicit
+    `threshold`); `name` (the file) is used in the error message. Raises `ImageLoadError` when not binary."""
+    if threshold is not None:
+        return (mask > threshold).astype(np.uint8)
+    values = np.unique(mask)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        raise ImageLoadError(
+            name,
+            f"mask is not binary: {len(values)} distinct values ({shown}); a mask needs at most two values, "
+            "one of them 0 (e.g. 0/255 or 0/1). Re-save it losslessly as PNG with only those values, or "
+            "pass threshold= (foreground = value > threshold) to binarise it on purpose",
         )
     return (mask > 0).astype(np.uint8)
 

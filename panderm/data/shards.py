@@ -42,7 +42,7 @@ from panderm.data.dataset import (
     collate,
     load_options,
 )
-from panderm.data.images import NIFTI_SUFFIXES, decode_image, image_kind, load_image
+from panderm.data.images import NIFTI_SUFFIXES, binarise_mask, decode_image, image_kind, load_image
 from panderm.data.manifest import KNOWN_COLUMNS, SPLITS, Manifest, parse_boxes
 from panderm.data.sampling import sample_seed
 from panderm.data.transforms import seed_transform, takes_boxes
@@ -561,7 +561,7 @@ class ShardDataset(IterableDataset):
                         f"{url}:{key}.{files['mask']}",
                         f"mask size {mask.shape[::-1]} (W, H) differs from image size {image.shape[1::-1]}",
                     )
-                sample["mask"] = (mask > 0).astype(np.uint8)
+                sample["mask"] = binarise_mask(mask, f"{url}:{key}.{files['mask']}")
         except ImageLoadError as exc:
             if self.on_bad_image is BadImagePolicy.error:
                 raise

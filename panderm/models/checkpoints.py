@@ -345,7 +345,8 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     return meta
 
 
-def _spec_from_dict(data: Mapping[str, Any], source: Path) -> EncoderSpec:
+def spec_from_dict(data: Mapping[str, Any], source: Path) -> EncoderSpec:
+    """An `EncoderSpec` from its JSON form; `CheckpointError` naming `source` for unknown fields."""
     known = set(EncoderSpec.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
@@ -380,7 +381,7 @@ def load_encoder(
             f"{weights}: sha256 differs from the one recorded in {meta_path.name}; the weights were replaced "
             "or damaged after saving (pass verify_hash=False to load them anyway)"
         )
-    spec = _spec_from_dict(meta["spec"], meta_path)
+    spec = spec_from_dict(meta["spec"], meta_path)
     try:
         encoder = Encoder(spec)
     except ConfigError as error:

@@ -158,8 +158,13 @@ def build_datamodule(
     return ShardPretrainDataModule(cfg.data.path, run_dir, masks, **common)
 
 
-def plot_loss(run_dir: Path, path: Path) -> Path | None:
-    """Training loss per step (and per epoch) and the online-probe accuracy against step, from the CSV log."""
+def plot_loss(
+    run_dir: Path,
+    path: Path,
+    secondary: tuple[str, str] = ("val/probe_balanced_accuracy", "online probe bal. acc. (val, orange)"),
+) -> Path | None:
+    """Training loss per step (and per epoch) from the CSV log, with a validation metric (`secondary`:
+    column, axis label) on a second axis when logged."""
     metrics_csv = run_dir / "logs" / "metrics.csv"
     if not metrics_csv.is_file():
         return None
@@ -174,11 +179,12 @@ def plot_loss(run_dir: Path, path: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")
-    if "val/probe_balanced_accuracy" in frame:
-        probe = frame.dropna(subset=["val/probe_balanced_accuracy"])
+    column, label = secondary
+    if column in frame:
+        points = frame.dropna(subset=[column])
         twin = ax.twinx()
-        twin.plot(probe["step"], probe["val/probe_balanced_accuracy"], "s-", color="tab:orange")
-        twin.set_ylabel("online probe bal. acc. (val, orange)")
+        twin.plot(points["step"], points[column], "s-", color="tab:orange")
+        twin.set_ylabel(label)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from panderm.data.dataset import BadImageLog, ManifestDataset, collate
-from panderm.data.images import mask_to_box
+from panderm.data.images import load_mask, mask_to_box
 from panderm.data.manifest import build_manifest
 from panderm.data.transforms import eval_transform, segmentation_eval_transform, ssl_two_views
 from panderm.errors import ConfigError, ImageLoadError
@@ -87,6 +88,49 @@ def test_mask_size_mismatch_is_an_error(tmp_path):
     table = pd.DataFrame({"image": ["a.png"], "split": ["train"], "mask": ["a_mask.png"]})
     with pytest.raises(ImageLoadError, match=r"a_mask\.png: mask size \(30, 24\) \(W, H\) differs"):
         ManifestDataset(build_manifest(table, tmp_path))[0]
+
+
+def _save_png(path, values: np.ndarray):
+    Image.fromarray(values.astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("foreground", [1, 255])
+def test_binary_and_empty_masks_load_as_zero_one(tmp_path, foreground):
+    values = np.zeros((6, 8), np.uint8)
+    values[1:4, 2:5] = foreground
+    mask = load_mask(_save_png(tmp_path / "m.png", values), shape=(6, 8))
+    assert mask.dtype == np.uint8 and mask.sum() == 9 and set(np.unique(mask)) == {0, 1}
+    empty = load_mask(_save_png(tmp_path / "empty.png", np.zeros((6, 8))))
+    assert empty.shape == (6, 8) and empty.sum() == 0
+    full = load_mask(_save_png(tmp_path / "full.png", np.full((6, 8), 255)))
+    assert full.sum() == 48
+
+
+def test_non_binary_mask_is_an_error_naming_the_file(tmp_path):
+    values = np.zeros((6, 8), np.uint8)
+    values[1:4, 2:5] = 255
+    values[1, 1], values[4, 4] = 12, 200  # e.g. anti-aliased edge pixels
+    path = _save_png(tmp_path / "soft_mask.png", values)
+    with pytest.raises(
+        ImageLoadError, match=r"soft_mask\.png: mask is not binary: 4 distinct values \(0, 12, 200, 255\)"
+    ):
+        load_mask(path)
+    with pytest.raises(ImageLoadError, match="threshold="):
+        load_mask(path)
+    # two values but neither is 0 (e.g. 1/2 labels): still not binary in the 0/foreground sense
+    with pytest.raises(ImageLoadError, match="2 distinct values"):
+        load_mask(_save_png(tmp_path / "labels.png", np.where(values > 0, 2, 1)))
+
+
+def test_mask_threshold_binarises_without_the_check(tmp_path):
+    values = np.zeros((6, 8), np.uint8)
+    values[1:4, 2:5] = 255
+    values[1, 1], values[4, 4] = 12, 200
+    path = _save_png(tmp_path / "soft_mask.png", values)
+    mask = load_mask(path, threshold=127)
+    np.testing.assert_array_equal(mask, (values > 127).astype(np.uint8))
+    assert load_mask(path, threshold=0).sum() == 11
 
 
 def test_bad_policy_name_is_a_config_error(manifest):

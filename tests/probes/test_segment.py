@@ -1,0 +1,258 @@
+"""`panderm segment` end to end on tiny SynthDerm: outputs consistent with each other and with a numpy
+recomputation, frozen encoders left bit-identical, fine-tuning with layer-wise decay, checkpoint-only
+prediction, sliding windows, resume after SIGTERM, and bad masks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from panderm.cli import main
+from panderm.config import register_configs
+from panderm.models.seg_heads import load_segmenter
+from panderm.paths import config_dir
+from probes.seg_predict import logits_to_masks, window_logits
+from probes.segment import run_segment
+
+TINY = [
+    "data.n_patients=12",
+    "data.image_size=32",
+    "encoder='random:vit_tiny/8@32,depth=2'",
+    "num_workers=0",
+    "batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=false",
+    "optim.warmup_steps=2",
+]
+
+
+def segment_config(tmp_path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(str(config_dir("segment")), version_base="1.3"):
+        return compose("segment", overrides=[*TINY, f"data.out_dir={tmp_path / 'synthderm'}", *overrides])
+
+
+def dice_by_hand(pred: np.ndarray, truth: np.ndarray) -> float:
+    inter = np.logical_and(pred, truth).sum()
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else 2 * inter / total
+
+
+def test_frozen_run_writes_consistent_outputs(tmp_path):
+    run = tmp_path / "run"
+    metrics = run_segment(segment_config(tmp_path, "head=linear"), run)
+    assert metrics["train"]["encoder_unchanged"] is True
+    per_image = pd.read_csv(run / "per_image.csv")
+    counts = metrics["splits"]
+    assert set(per_image["split"]) == {"val", "test"}
+    for split in ("val", "test"):
+        assert (per_image["split"] == split).sum() == counts[split]["images"]
+        pngs = sorted((run / "masks" / split).glob("*.png"))
+        assert len(pngs) == counts[split]["images"]
+        assert (run / "figures" / f"overlay_{split}.png").is_file()
+        summary = metrics["eval"][split]["raw"]
+        scored = per_image[(per_image["split"] == split) & per_image["dice"].notna()]
+        assert summary["dice"] == pytest.approx(scored["dice"].mean())
+    # the saved PNGs, scored by hand against the true masks, give the CSV's Dice
+    manifest = pd.read_csv(tmp_path / "synthderm" / "manifest.csv")
+    truth_of = dict(zip(manifest["image"], manifest["mask"], strict=True))
+    for row in per_image[per_image["split"] == "test"].head(6).itertuples():
+        pred = np.asarray(Image.open(run / "masks" / "test" / f"{os.path.basename(row.id)[:-4]}.png")) > 0
+        truth = np.asarray(Image.open(tmp_path / "synthderm" / truth_of[row.id])) > 0
+        assert pred.shape == truth.shape
+        assert row.dice == pytest.approx(dice_by_hand(pred, truth), abs=1e-6)
+    assert (run / "segmenter.safetensors").is_file() and (run / "segmenter.json").is_file()
+    assert (run / "figures" / "segment_loss.png").is_file()
+    assert "Segmentation metrics" in (run / "report.md").read_text()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["eval"]["test"]["raw"]["dice"] == pytest.approx(metrics["eval"]["test"]["raw"]["dice"])
+
+
+def test_checkpoint_only_run_reproduces_the_predictions(tmp_path):
+    first = tmp_path / "first"
+    run_segment(segment_config(tmp_path, "head=fpn_upernet", "trainer.max_epochs=1"), first)
+    again = tmp_path / "again"
+    run_segment(segment_config(tmp_path, f"checkpoint={first / 'segmenter'}"), again)
+    a, b = pd.read_csv(first / "per_image.csv"), pd.read_csv(again / "per_image.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert not (again / "checkpoints").exists()
+
+
+def test_finetune_trains_the_encoder_with_layer_decay(tmp_path):
+    run = tmp_path / "run"
+    metrics = run_segment(
+        segment_config(tmp_path, "head=unetr", "mode=finetune", "trainer.max_epochs=1"), run
+    )
+    assert "encoder_unchanged" not in metrics["train"]
+    model = load_segmenter(run / "segmenter")
+    assert not model.frozen
+    from probes.encoders import load_probe_encoder
+
+    initial = load_probe_encoder("random:vit_tiny/8@32,depth=2")
+    changed = [
+        name
+        for name, value in initial.state_dict().items()
+        if not torch.equal(value, model.encoder.state_dict()[name])
+    ]
+    assert any("blocks.1." in name for name in changed)
+
+
+def test_sliding_window_matches_the_whole_image_pass_at_the_training_size():
+    from panderm.models.encoder import create_encoder
+    from panderm.models.seg_heads import build_segmentation_model
+
+    torch.manual_seed(0)
+    model = build_segmentation_model(create_encoder("vit_tiny", 8, 32, depth=2), "linear").eval()
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(image)
+        windowed = window_logits(model, image, 32)
+        assert torch.allclose(whole, windowed, atol=1e-5)
+        large = window_logits(model, torch.randn(1, 3, 80, 56), 32, overlap=0.5)
+    assert large.shape == (1, 2, 80, 56)
+    masks = logits_to_masks(torch.randn(3, 2, 8, 8), [(16, 16), (20, 12), (16, 16)])
+    assert [m.shape for m in masks] == [(16, 16), (20, 12), (16, 16)]
+
+
+def test_sliding_window_prediction_through_the_command(tmp_path):
+    run = tmp_path / "run"
+    # the 32-px SynthDerm images predicted at scale 1.5 (48 px) with 32-px windows
+    overrides = [
+        "trainer.max_epochs=1",
+        "predict.mode=sliding_window",
+        "predict.scale=1.5",
+        "predict.splits=[test]",
+    ]
+    metrics = run_segment(segment_config(tmp_path, *overrides), run)
+    frame = pd.read_csv(run / "per_image.csv")
+    assert len(frame) == metrics["splits"]["test"]["images"]
+    first = np.asarray(Image.open(next((run / "masks" / "test").glob("*.png"))))
+    assert first.shape == (32, 32)  # predictions come back at the original size
+
+
+def _write_case(folder, name, image_size, mask):
+    image = np.random.default_rng(0).integers(0, 255, (*image_size, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    Image.fromarray(mask).save(folder / f"{name}_mask.png")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("size", "differs from image size"),
+        ("nonbinary", "not binary"),
+        ("missing", "file not found"),
+    ],
+)
+def test_bad_masks_are_clear_errors_naming_the_file(tmp_path, capsys, case, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "val"]):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        _write_case(folder, f"img{i}", (32, 32), mask)
+        rows.append({"image": f"img{i}.png", "mask": f"img{i}_mask.png", "split": split})
+    bad = folder / "img1_mask.png"
+    if case == "size":
+        Image.fromarray(np.zeros((30, 32), np.uint8)).save(bad)
+    elif case == "nonbinary":
+        Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(bad)
+    else:
+        bad.unlink()
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    code = main(
+        [
+            "segment",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "data=manifest",
+            f"data.path={folder / 'manifest.csv'}",
+            "encoder='random:vit_tiny/8@32,depth=2'",
+            "num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.progress_bar=false",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "img1_mask.png" in err and message in err
+
+
+def test_empty_masks_are_trained_on_and_scored_by_the_documented_policy(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "val"]):
+        _write_case(folder, f"img{i}", (32, 32), np.zeros((32, 32), np.uint8))
+        rows.append({"image": f"img{i}.png", "mask": f"img{i}_mask.png", "split": split})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    cfg = segment_config(
+        tmp_path, "data=manifest", f"data.path={folder / 'manifest.csv'}", "trainer.max_epochs=1"
+    )
+    metrics = run_segment(cfg, tmp_path / "run")
+    frame = pd.read_csv(tmp_path / "run" / "per_image.csv")
+    for row in frame.itertuples():
+        assert row.true_area == 0
+        assert row.dice == (1.0 if row.pred_area == 0 else 0.0)
+    assert metrics["eval"]["val"]["raw"]["n_hd95_undefined"] == 2
+
+
+RESUME = [
+    sys.executable,
+    "-m",
+    "panderm.cli",
+    "segment",
+    *[o.replace("'", "") for o in TINY[:2]],
+    "encoder=random:vit_tiny/8@32",
+    "num_workers=0",
+    "batch_size=4",
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=false",
+    "trainer.checkpoint_every_n_steps=1",
+    "optim.warmup_steps=2",
+    "mode=finetune",
+    "predict.save_masks=false",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    from safetensors.torch import load_file
+
+    data = f"data.out_dir={tmp_path / 'data'}"
+    full = subprocess.run(
+        [*RESUME, data, f"hydra.run.dir={tmp_path / 'full'}"], env=ENV, capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = tmp_path / "killed"
+    command = [*RESUME, data, f"hydra.run.dir={killed}"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list((killed / "checkpoints").glob("*step=2*.ckpt")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=240)
+    assert process.returncode != 0
+    state = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert state["SegmentationDataModule"]["batches"] > 0  # stopped inside an epoch
+    resumed = subprocess.run(command, env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    expected = load_file(tmp_path / "full" / "segmenter.safetensors")
+    actual = load_file(killed / "segmenter.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
