@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from panderm.config import SegmentConfig
+from probes.seg_data import with_masks
 from probes.segment import run_segment
 
 
@@ -17,6 +18,10 @@ def segment_stage(ctx: Any) -> None:
     """Run `ctx.cfg.segment.heads`; runs go to `<demo run>/segment/<source>-<head>/`."""
     stage = ctx.cfg.segment
     if not stage.enabled:
+        return
+    if len(with_masks(ctx.data[ctx.cfg.data.name], "train")) == 0:
+        ctx.report.heading("Segmentation")
+        ctx.report.text(f"Skipped: `{ctx.cfg.data.name}` has no train images with masks.")
         return
     random_spec = f"random:vit_tiny/8@{ctx.cfg.image_size}"
     exported = ctx.run_dir / "pretrain" / "encoder.safetensors"

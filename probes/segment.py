@@ -36,7 +36,7 @@ from probes.features import resolve_device
 from probes.plots import plot_overlay_grid
 from probes.seg_data import PredictionDataset, SegmentationDataModule, masked_counts, model_input_transform
 from probes.seg_metrics import postprocess, segmentation_metrics, summarise
-from probes.seg_predict import predict_masks
+from probes.seg_predict import PREDICT_MODES, predict_masks
 from probes.seg_train import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -217,17 +217,19 @@ def run_segment(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, A
     run_dir = start_run(cfg, run_dir)
     # predict where the trainer ran: the CPU preset stays on the CPU even when a GPU is present
     device = resolve_device("cpu" if cfg.trainer.accelerator == "cpu" else None)
+    if cfg.predict.mode not in PREDICT_MODES:
+        raise ConfigError(f"predict.mode={cfg.predict.mode!r} is not one of {PREDICT_MODES}")
+    # the model first: a bad head, mode or encoder fails before any data is read or generated
+    model = load_segmenter(cfg.checkpoint) if cfg.checkpoint else build_model(cfg)
     manifest = load_data(cfg.data, run_dir)
     counts = masked_counts(manifest)
     metrics: dict[str, Any] = {"head": cfg.head, "mode": cfg.mode, "encoder": cfg.encoder, "splits": counts}
     report = Report(f"Segmentation: `{cfg.head}` head on `{cfg.encoder}` ({cfg.mode}) on `{cfg.data.name}`")
     if cfg.checkpoint:
-        model = load_segmenter(cfg.checkpoint)
         metrics.update(
             head=model.head_name, mode="frozen" if model.frozen else "finetune", checkpoint=cfg.checkpoint
         )
     else:
-        model = build_model(cfg)
         before = state_hash(model.encoder) if model.frozen else None
         metrics["train"] = train(cfg, model, manifest, run_dir)
         if before is not None:

@@ -76,6 +76,21 @@ def check_report(run_dir):
     assert set(metrics["probe"]) == {
         f"{s}/{p}" for s in ("demo-pretrained", "random init") for p in ("linear_sweep", "knn")
     }
+    # Segmentation stage: every head on the pretrained encoder, linear also at random init; masks, per-image
+    # metrics and an overlay grid per run, the Dice table and the best run's overlay in the report.
+    assert "## Segmentation" in report and "Test metrics per encoder and head" in report
+    runs = [f"demo-pretrained/{h}" for h in ("linear", "fpn_upernet", "unetr")] + ["random init/linear"]
+    assert sorted(metrics["segment"]) == sorted(runs)
+    for run in runs:
+        source, head = run.split("/")
+        folder = run_dir / "segment" / f"{source.replace(' ', '_')}-{head}"
+        per_image = pd.read_csv(folder / "per_image.csv")
+        assert metrics["segment"][run]["raw"]["dice"] == pytest.approx(per_image["dice"].mean())
+        assert (folder / "figures" / "overlay_test.png").is_file()
+        assert len(list((folder / "masks" / "test").glob("*.png"))) == len(per_image)
+    # trained heads beat an empty prediction (Dice 0) by far on SynthDerm's high-contrast lesions
+    assert metrics["segment"]["demo-pretrained/unetr"]["raw"]["dice"] > 0.5
+    assert "/figures/overlay_test.png" in report
 
 
 def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
@@ -90,6 +105,7 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
     table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
     common = ["data=manifest", f"data.path={tmp_path / 'data' / 'manifest.csv'}", "radiology.n_patients=40"]
     common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false", "probe.enabled=false"]
+    common += ["segment.enabled=false"]
 
     failed = run_demo(tmp_path / "strict", *common)
     assert failed.returncode == 1

@@ -256,3 +256,21 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("head=unet", "'unet'"),
+        ("mode=partial", "mode='partial' is not one of"),
+        ("predict.mode=tiles", "predict.mode='tiles' is not one of"),
+        ("encoder=missing/encoder.safetensors", "not found"),
+    ],
+)
+def test_bad_segment_configurations_are_clear_errors(tmp_path, capsys, override, message):
+    code = main(
+        ["segment", f"hydra.run.dir={tmp_path / 'run'}", f"data.out_dir={tmp_path / 'data'}", override]
+    )
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # failed before generating any data
