@@ -44,6 +44,7 @@ from panderm.models.checkpoints import (
     spec_from_dict,
 )
 from panderm.models.encoder import Encoder
+from panderm.models.timm_encoder import TimmEncoder, timm_encoder_from_spec
 
 HEADS = ("linear", "fpn_upernet", "unetr")
 SEGMENTER_FORMAT = "panderm-segmenter"
@@ -454,13 +455,14 @@ def save_segmenter(
     """Write ``<path>.safetensors`` (encoder under ``encoder.``, head under ``head.``) and ``<path>.json``.
 
     Both are written atomically, the JSON last, recording the encoder spec, head name and options, layers,
-    num_classes, frozen, the recipe with its hash and the weights' sha256. Returns the weights path. Only
-    panderm `Encoder`s can be saved (`ConfigError` otherwise: a timm encoder cannot be rebuilt from a spec).
+    num_classes, frozen, the recipe with its hash and the weights' sha256. Returns the weights path. The
+    encoder is a panderm `Encoder` or a `TimmEncoder` (rebuilt from its ``timm:<name>`` spec on loading);
+    anything else is a `ConfigError`.
     """
-    if not isinstance(model.encoder, Encoder):
+    if not isinstance(model.encoder, Encoder | TimmEncoder):
         raise ConfigError(
-            f"save_segmenter: the encoder is a {type(model.encoder).__name__}; only panderm Encoders can be "
-            "saved (their spec rebuilds them)"
+            f"save_segmenter: the encoder is a {type(model.encoder).__name__}; only panderm Encoders and "
+            "timm encoders can be saved (their spec rebuilds them)"
         )
     weights, meta = checkpoint_paths(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -538,8 +540,9 @@ def load_segmenter(path: PathLike, *, map_location: str | torch.device = "cpu") 
         )
     spec = spec_from_dict(meta["encoder_spec"], meta_path)
     try:
+        encoder = timm_encoder_from_spec(spec) if spec.arch.startswith("timm:") else Encoder(spec)
         model = build_segmentation_model(
-            Encoder(spec),
+            encoder,
             meta["head"],
             num_classes=meta["num_classes"],
             frozen=meta["frozen"],

@@ -216,8 +216,12 @@ def test_timm_encoder_works_with_every_head(head: str, tmp_path) -> None:
     assert model.layers == default_layers(head, 12, 16)
     with torch.no_grad():
         assert model.eval()(_images(64)).shape == (2, 2, 64, 64)
-    with pytest.raises(ConfigError, match="TimmEncoder"):
-        save_segmenter(model, tmp_path / "seg")
+    save_segmenter(model, tmp_path / "seg")
+    loaded = load_segmenter(tmp_path / "seg")
+    assert type(loaded.encoder) is type(encoder) and loaded.encoder.spec == encoder.spec
+    with torch.no_grad():
+        x = _images(64)
+        assert torch.equal(loaded(x), model.eval()(x))
 
 
 def test_timm_intermediates_count_from_the_end_and_refuse_non_vits() -> None:

@@ -274,3 +274,12 @@ def test_bad_segment_configurations_are_clear_errors(tmp_path, capsys, override,
     assert code == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "data").exists()  # failed before generating any data
+
+
+def test_timm_encoder_trains_saves_and_reloads(tmp_path):
+    overrides = ["encoder=timm:vit_tiny_patch16_224", "image_size=32", "head=unetr", "trainer.max_epochs=1"]
+    first = tmp_path / "first"
+    run_segment(segment_config(tmp_path, *overrides, "predict.splits=[test]"), first)
+    again = tmp_path / "again"
+    run_segment(segment_config(tmp_path, f"checkpoint={first / 'segmenter'}", "predict.splits=[test]"), again)
+    pd.testing.assert_frame_equal(pd.read_csv(first / "per_image.csv"), pd.read_csv(again / "per_image.csv"))
