@@ -1,7 +1,8 @@
 """Segmentation inference speed in one run: the whole predict path against a bare forward pass.
 
-Ours: `probes.seg_predict.predict_masks` over a DataLoader of `PredictionDataset` samples, i.e. decode each
-image file, resize it to the model size, normalise, forward (encoder + head), resample the logits to the
+Ours: `probes.seg_predict.predict_masks` over a DataLoader of `PredictionDataset` samples (new images, no
+true masks to read), i.e. decode each image file, resize it to the model size, normalise, forward (encoder +
+head), resample the logits to the
 image's original size and take the argmax, one (H, W) mask per image. Baseline: the same model's forward on
 the same images already decoded, resized and normalised in memory (`model(x)` per batch, no resampling).
 The images are a generated SynthDerm archive (`--images` images at `--source-size` px); the model is a
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--encoder", default="random:vit_tiny/8@64")
     parser.add_argument("--heads", default="linear,fpn_upernet,unetr")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
+    # as `panderm segment` predicts: no workers on the CPU (they would compete with the forward for the cores)
+    parser.add_argument("--num-workers", type=int, default=0 if not torch.cuda.is_available() else 4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -95,7 +97,7 @@ def main() -> None:
         encoder = load_probe_encoder(args.encoder)
         spec = encoder.spec
         transform = model_input_transform(spec.image_size, mean=spec.mean, std=spec.std)
-        dataset = PredictionDataset(ManifestDataset(manifest), transform)
+        dataset = PredictionDataset(ManifestDataset(manifest, with_masks=False), transform)
         preloaded = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
         size = f"{args.source_size} px -> {spec.image_size} px"
         print(f"{len(dataset)} images at {size}, {args.encoder}, {device}")

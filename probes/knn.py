@@ -12,7 +12,7 @@ rows with a running top-k merge, so memory stays under `memory_budget` bytes (be
 is one `torch.mm` into a reused buffer followed by `topk` on it; the query norm divides only the k selected
 similarities (ranking within a row does not depend on it). Written by hand because scikit-learn's
 `KNeighborsClassifier` runs on the CPU only and has neither the temperature-weighted votes nor a memory
-budget. On the CPU both are bound by the same float32 matrix multiply (see benchmarks/probes.py).
+budget. On the CPU both are bound by the same float32 matrix multiply (see benchmarks/probe_speed.py).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def train(cfg: DictConfig, model: SegmentationModel, manifest: Manifest, run_dir
 
 
 def prediction_loader(
-    model: SegmentationModel, manifest: Manifest, cfg: DictConfig, run_dir: Path
+    model: SegmentationModel, manifest: Manifest, cfg: DictConfig, run_dir: Path, device: torch.device
 ) -> tuple[DataLoader, ManifestDataset]:
     """Loader of `PredictionDataset` samples for the predict mode in `cfg.predict` (and the raw dataset)."""
     spec = model.encoder.spec
@@ -104,10 +104,12 @@ def prediction_loader(
     base = ManifestDataset(
         manifest, on_bad_image=cfg.data.on_bad_image, bad_image_log=Path(run_dir) / SKIPPED_IMAGES
     )
+    # On the CPU, loader workers compete with the forward pass for the same cores (measured slower).
+    workers = cfg.num_workers if device.type != "cpu" else 0
     loader = DataLoader(
         PredictionDataset(base, transform),
         batch_size=1 if sliding else cfg.batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         collate_fn=collate,
     )
     return loader, base
@@ -143,7 +145,7 @@ def evaluate_split(
     Returns the per-image table and {"raw": summary, "postprocessed": summary, "images", "scored"}.
     """
     rows = manifest.subset(split)
-    loader, base = prediction_loader(model, rows, cfg, run_dir)
+    loader, base = prediction_loader(model, rows, cfg, run_dir, device)
     names = _mask_names(rows.table["image"].astype(str).tolist())
     spec = model.encoder.spec
     records, kept = [], {}

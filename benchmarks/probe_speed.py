@@ -48,9 +48,9 @@ Times are the best of `--repeats` runs (ours and the baseline alternate), after 
 unless said otherwise. Each line ends in `ratio=<our speed / baseline speed>` (baseline seconds / our
 seconds unless said otherwise). Progress bars are off.
 
-Run: `.venv/bin/python benchmarks/probes.py` (the default rows, about 1-2 minutes on 2 CPU cores); `--all`
-adds the slow rows, `--only NAME ...` / `--skip NAME ...` pick rows, `--quick` shrinks every size for a
-smoke run (its ratios are not the acceptance figures), smaller `--train`, `--knn-queries`, `--images` or
+Run: `.venv/bin/python benchmarks/probe_speed.py` (the default rows, about 1-2 minutes on 2 CPU cores);
+`--all` adds the slow rows, `--only NAME ...` / `--skip NAME ...` pick rows, `--quick` shrinks every size for
+a smoke run (its ratios are not the acceptance figures), smaller `--train`, `--knn-queries`, `--images` or
 `--repeats` shorten single rows. On a GPU add `--device cuda` (and e.g. `--encoder random:vit_base/16@224
 --images 2048 --batch 128 --workers 8`).
 """
@@ -61,7 +61,6 @@ import argparse
 import contextlib
 import logging
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -79,23 +78,19 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the `probes` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from panderm.data.dataset import ManifestDataset  # noqa: E402
-from panderm.data.manifest import Manifest, read_manifest  # noqa: E402
-from panderm.data.synthetic.synthderm import generate_synthderm  # noqa: E402
-from probes.encoders import load_probe_encoder  # noqa: E402
-from probes.features import (  # noqa: E402
+from panderm.data.dataset import ManifestDataset
+from panderm.data.manifest import Manifest, read_manifest
+from panderm.data.synthetic.synthderm import generate_synthderm
+from probes.encoders import load_probe_encoder
+from probes.features import (
     cached_features,
     encode_batches,
     extract_features,
     inference_autocast,
     probe_transform,
 )
-from probes.knn import knn_proba  # noqa: E402
-from probes.linear import DEFAULT_C_GRID, fit_linear_sweep, stratified_holdout  # noqa: E402
+from probes.knn import knn_proba
+from probes.linear import DEFAULT_C_GRID, fit_linear_sweep, stratified_holdout
 
 IMAGES_PER_PATIENT = 4.5  # SynthDerm's average with its default follow-up and modality rates
 QUICK = {  # --quick: every size shrunk for a smoke run
