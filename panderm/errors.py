@@ -38,3 +38,7 @@ class ManifestError(DataError):
 
 class ProbeError(PandermError):
     """A probe's inputs or outputs (labels, probabilities, features, prediction files) cannot be used."""
+
+
+class BackendError(PandermError):
+    """A model backend (MLLM API, local model, expert head) is misconfigured or misbehaved."""

@@ -1,0 +1,172 @@
+"""One conversation type for every multimodal LLM backend: ordered turns of text and image parts.
+
+Build conversations with the chaining helpers, which work on the class or on an instance::
+
+    conv = Conversation.system("You are a dermatologist.").user("What is this?", ImagePart(path="a.png"))
+
+`canonical()` gives the JSON-able form the response cache hashes; images appear there as the sha256 of their
+bytes, so the same image under two paths gives the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from panderm.errors import ConfigError, DataError
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A piece of text inside a turn."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image inside a turn: exactly one of `path` (read lazily, once) or in-memory `data`."""
+
+    path: Path | None = None
+    data: bytes | None = None
+    mime: str = "image/png"
+    _cached: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ConfigError("ImagePart needs exactly one of path= or data=")
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(os.fspath(self.path)))
+        if self.data is not None and not isinstance(self.data, bytes):
+            raise ConfigError(f"ImagePart data must be bytes, got {type(self.data).__name__}")
+
+    def bytes(self) -> bytes:
+        """The image's bytes; a file is read on first use and cached. Raises DataError if it is missing."""
+        if self.data is not None:
+            return self.data
+        if not self._cached:
+            try:
+                self._cached.append(self.path.read_bytes())  # type: ignore[union-attr]
+            except OSError as exc:
+                raise DataError(f"{self.path}: cannot read image ({exc.strerror or exc})") from exc
+        return self._cached[0]
+
+    def sha256(self) -> str:
+        """Hex sha256 of the image bytes (what identifies the image in `Conversation.canonical()`)."""
+        return hashlib.sha256(self.bytes()).hexdigest()
+
+
+Part = TextPart | ImagePart
+
+
+def _as_part(part: str | Part) -> Part:
+    if isinstance(part, str):
+        return TextPart(part)
+    if isinstance(part, TextPart | ImagePart):
+        return part
+    raise ConfigError(f"a turn part must be str, TextPart or ImagePart, got {type(part).__name__}")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message: a role ("system", "user" or "assistant") and a non-empty tuple of parts."""
+
+    role: str
+    parts: tuple[Part, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(_as_part(p) for p in self.parts))
+        problems = []
+        if self.role not in ROLES:
+            problems.append(f"role {self.role!r} is not one of {', '.join(ROLES)}")
+        if not any(isinstance(p, ImagePart) or p.text for p in self.parts):
+            problems.append(f"{self.role!r} turn is empty (give it text or an image)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def text(self) -> str:
+        """The turn's text parts joined by newlines."""
+        return "\n".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+_T = TypeVar("_T")
+
+
+class _chain(Generic[_T]):
+    """Method usable on the class (starting from an empty conversation) or on an instance."""
+
+    def __init__(self, func: Callable[..., _T]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, owner: type) -> Callable[..., _T]:
+        target = owner() if obj is None else obj
+        return self.func.__get__(target, owner)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Ordered turns; a system turn may only come first. Immutable: builders return a new conversation."""
+
+    turns: tuple[Turn, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "turns", tuple(self.turns))
+        problems = [
+            f"turn {i}: expected a Turn, got {type(t).__name__}"
+            for i, t in enumerate(self.turns)
+            if not isinstance(t, Turn)
+        ]
+        problems += [
+            f"turn {i}: a system turn may only be the first turn"
+            for i, t in enumerate(self.turns)
+            if i > 0 and isinstance(t, Turn) and t.role == "system"
+        ]
+        if problems:
+            raise ConfigError("invalid conversation: " + "; ".join(problems))
+
+    def add(self, role: str, *parts: str | Part) -> Conversation:
+        """A new conversation with one more turn of `role` made of `parts` (str becomes TextPart)."""
+        return Conversation((*self.turns, Turn(role, tuple(parts))))
+
+    @_chain
+    def system(self, text: str) -> Conversation:
+        """Append a system turn (only allowed as the first turn)."""
+        return self.add("system", text)
+
+    @_chain
+    def user(self, *parts: str | Part) -> Conversation:
+        """Append a user turn of text and/or image parts."""
+        return self.add("user", *parts)
+
+    @_chain
+    def assistant(self, text: str) -> Conversation:
+        """Append an assistant turn (e.g. an in-context example answer)."""
+        return self.add("assistant", text)
+
+    def images(self) -> list[ImagePart]:
+        """Every image part, in conversation order."""
+        return [p for t in self.turns for p in t.parts if isinstance(p, ImagePart)]
+
+    def canonical(self) -> list[dict[str, Any]]:
+        """JSON-able form for hashing: images become {"type": "image", "sha256", "mime"}, never paths."""
+        return [{"role": t.role, "parts": [_canonical_part(p) for p in t.parts]} for t in self.turns]
+
+    @classmethod
+    def from_turns(cls, turns: Iterable[tuple[str, Iterable[str | Part]]]) -> Conversation:
+        """Build from (role, parts) pairs."""
+        return cls(tuple(Turn(role, tuple(parts)) for role, parts in turns))
+
+
+def _canonical_part(part: Part) -> dict[str, str]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    return {"type": "image", "sha256": part.sha256(), "mime": part.mime}
