@@ -280,32 +280,36 @@ def checkpoint_paths(path: PathLike) -> tuple[Path, Path]:
     return target.with_name(stem + WEIGHTS_SUFFIX), target.with_name(stem + META_SUFFIX)
 
 
-def save_encoder(encoder: Encoder, path: PathLike, *, recipe: Mapping[str, Any] | None = None) -> Path:
-    """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the weights path.
+def write_checkpoint(
+    module: torch.nn.Module,
+    path: PathLike,
+    *,
+    fmt: str,
+    version: int,
+    fields: Mapping[str, Any],
+    recipe: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `module`'s state dict as ``<path>.safetensors``, then ``<path>.json`` (both atomically).
 
-    `path` may carry the ``.safetensors`` suffix or not. `recipe` (e.g. the resolved training config) is
-    stored as plain JSON with its sha256 (`recipe_hash`). The JSON is written last and records the sha256 of
-    the weights, so a complete JSON vouches for its weights file.
+    The JSON holds `fmt` and `version`, the format's own `fields`, the recipe as plain JSON with its sha256
+    (`recipe_hash`), the weights file name and sha256, the parameter count and library versions. It is
+    written last, so a complete JSON vouches for its weights file. Returns the weights path.
     """
     weights, meta = checkpoint_paths(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     atomic_write(
         weights,
         lambda tmp: safetensors.torch.save_file(
-            tensors, str(tmp), metadata={"format": "pt", "panderm_format": FORMAT}
+            tensors, str(tmp), metadata={"format": "pt", "panderm_format": fmt}
         ),
     )
-    spec = encoder.spec
     plain_recipe = _plain(recipe) if recipe is not None else None
     atomic_write_json(
         meta,
         {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "spec": spec.to_dict(),
-            "image_size": spec.image_size,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            "format": fmt,
+            "format_version": version,
+            **fields,
             "recipe": plain_recipe,
             "recipe_hash": recipe_hash(plain_recipe) if plain_recipe is not None else None,
             "weights": weights.name,
@@ -319,29 +323,72 @@ def save_encoder(encoder: Encoder, path: PathLike, *, recipe: Mapping[str, Any] 
     return weights
 
 
-def read_metadata(path: PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint (stem, weights or JSON path); `CheckpointError` if unusable."""
+def read_checkpoint_metadata(
+    path: PathLike, *, fmt: str, version: int, kind: str, hint: str, required: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JSON of a checkpoint of format `fmt` (stem, weights or JSON path), read by this panderm (format
+    version <= `version`) and holding the `required` keys. `kind` names the format and `hint` says what a
+    missing JSON means in the errors; raises `CheckpointError` naming the file."""
     meta_path = checkpoint_paths(path)[1]
     if not meta_path.is_file():
-        raise CheckpointError(
-            f"{meta_path}: checkpoint metadata not found (a panderm checkpoint is a .safetensors file with a "
-            ".json beside it; for other weight files use load_state_dict_file + load_weights, "
-            "or import_panderm)"
-        )
+        raise CheckpointError(f"{meta_path}: {kind} metadata not found ({hint})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({error})") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("spec"), dict):
+        raise CheckpointError(f"{meta_path}: unreadable {kind} metadata ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{meta_path}: not {kind} metadata (format must be {fmt!r})")
+    found = meta.get("format_version")
+    if not isinstance(found, int) or found > version:
         raise CheckpointError(
-            f"{meta_path}: not panderm encoder metadata (format must be {FORMAT!r} with a spec)"
+            f"{meta_path}: format_version={found!r} is not supported (this panderm reads <= {version})"
         )
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path}: {kind} metadata lacks {missing}")
+    return meta
+
+
+def verified_weights(path: PathLike, meta: Mapping[str, Any], *, verify_hash: bool = True) -> Path:
+    """The weights file of a checkpoint whose JSON is `meta`: it must exist and, with `verify_hash`, match
+    the recorded sha256. Raises `CheckpointError` naming the file."""
+    weights, meta_path = checkpoint_paths(path)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file not found (its metadata {meta_path.name} exists)")
+    if verify_hash and meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
         raise CheckpointError(
-            f"{meta_path}: format_version={version!r} is not supported "
-            f"(this panderm reads <= {FORMAT_VERSION})"
+            f"{weights}: sha256 differs from the one recorded in {meta_path.name}; the weights were replaced "
+            "or damaged after saving (pass verify_hash=False to load them anyway)"
         )
+    return weights
+
+
+def save_encoder(encoder: Encoder, path: PathLike, *, recipe: Mapping[str, Any] | None = None) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.json`` atomically (`write_checkpoint`); returns the weights
+    path. `path` may carry the ``.safetensors`` suffix or not; `recipe` is e.g. the resolved training
+    config. The JSON records the `EncoderSpec`, image size and normalisation."""
+    spec = encoder.spec
+    fields = {
+        "spec": spec.to_dict(),
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+    return write_checkpoint(encoder, path, fmt=FORMAT, version=FORMAT_VERSION, fields=fields, recipe=recipe)
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The JSON metadata of an encoder checkpoint (stem, weights or JSON path); `CheckpointError` if
+    unusable."""
+    hint = (
+        "a panderm checkpoint is a .safetensors file with a .json beside it; for other weight files use "
+        "load_state_dict_file + load_weights, or import_panderm"
+    )
+    meta = read_checkpoint_metadata(
+        path, fmt=FORMAT, version=FORMAT_VERSION, kind="panderm encoder", hint=hint, required=("spec",)
+    )
+    if not isinstance(meta["spec"], dict):
+        raise CheckpointError(f"{checkpoint_paths(path)[1]}: the encoder spec is not a JSON object")
     return meta
 
 
@@ -372,15 +419,9 @@ def load_encoder(
     `map_location`. With `verify_hash` the weights' sha256 must equal the one recorded in the JSON.
     Raises `CheckpointError` naming the file for anything missing, corrupt or inconsistent.
     """
-    weights, meta_path = checkpoint_paths(path)
+    meta_path = checkpoint_paths(path)[1]
     meta = read_metadata(meta_path)
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: weights file not found (its metadata {meta_path.name} exists)")
-    if verify_hash and meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
-        raise CheckpointError(
-            f"{weights}: sha256 differs from the one recorded in {meta_path.name}; the weights were replaced "
-            "or damaged after saving (pass verify_hash=False to load them anyway)"
-        )
+    weights = verified_weights(path, meta, verify_hash=verify_hash)
     spec = spec_from_dict(meta["spec"], meta_path)
     try:
         encoder = Encoder(spec)

@@ -23,25 +23,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import safetensors
-import safetensors.torch
-import timm
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
 from panderm.errors import ConfigError
-from panderm.io import atomic_write, atomic_write_json
 from panderm.models.checkpoints import (
     CheckpointError,
     canonical_json,
     checkpoint_paths,
     load_state_dict_file,
     load_weights,
-    recipe_hash,
-    sha256_file,
+    read_checkpoint_metadata,
     spec_from_dict,
+    verified_weights,
+    write_checkpoint,
 )
 from panderm.models.encoder import Encoder
 from panderm.models.timm_encoder import TimmEncoder, timm_encoder_from_spec
@@ -464,63 +461,37 @@ def save_segmenter(
             f"save_segmenter: the encoder is a {type(model.encoder).__name__}; only panderm Encoders and "
             "timm encoders can be saved (their spec rebuilds them)"
         )
-    weights, meta = checkpoint_paths(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(
-        weights,
-        lambda tmp: safetensors.torch.save_file(
-            tensors, str(tmp), metadata={"format": "pt", "panderm_format": SEGMENTER_FORMAT}
-        ),
+    fields = {
+        "encoder_spec": model.encoder.spec.to_dict(),
+        "head": model.head_name,
+        "head_options": model.head_options,
+        "layers": model.layers,
+        "num_classes": model.num_classes,
+        "frozen": model.frozen,
+    }
+    return write_checkpoint(
+        model, path, fmt=SEGMENTER_FORMAT, version=SEGMENTER_FORMAT_VERSION, fields=fields, recipe=recipe
     )
-    plain_recipe = json.loads(canonical_json(recipe)) if recipe is not None else None
-    atomic_write_json(
-        meta,
-        {
-            "format": SEGMENTER_FORMAT,
-            "format_version": SEGMENTER_FORMAT_VERSION,
-            "encoder_spec": model.encoder.spec.to_dict(),
-            "head": model.head_name,
-            "head_options": model.head_options,
-            "layers": model.layers,
-            "num_classes": model.num_classes,
-            "frozen": model.frozen,
-            "recipe": plain_recipe,
-            "recipe_hash": recipe_hash(plain_recipe) if plain_recipe is not None else None,
-            "weights": weights.name,
-            "weights_sha256": sha256_file(weights),
-            "torch_version": torch.__version__,
-            "timm_version": timm.__version__,
-            "safetensors_version": safetensors.__version__,
-        },
-    )
-    return weights
 
 
 def read_segmenter_metadata(path: PathLike) -> dict[str, Any]:
     """The JSON beside a saved segmenter (stem, weights or JSON path); `CheckpointError` if unusable."""
-    meta_path = checkpoint_paths(path)[1]
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path}: segmenter metadata not found (saved by save_segmenter?)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{meta_path}: unreadable segmenter metadata ({error})") from error
-    if not isinstance(meta, dict) or meta.get("format") != SEGMENTER_FORMAT:
-        raise CheckpointError(f"{meta_path}: not a segmenter (format must be {SEGMENTER_FORMAT!r})")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > SEGMENTER_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{meta_path}: format_version={version!r} is not supported (this panderm reads "
-            f"<= {SEGMENTER_FORMAT_VERSION})"
-        )
-    missing = [
-        k
-        for k in ("encoder_spec", "head", "head_options", "layers", "num_classes", "frozen")
-        if k not in meta
-    ]
-    if missing:
-        raise CheckpointError(f"{meta_path}: segmenter metadata lacks {missing}")
-    return meta
+    return read_checkpoint_metadata(
+        path,
+        fmt=SEGMENTER_FORMAT,
+        version=SEGMENTER_FORMAT_VERSION,
+        kind="segmenter",
+        hint="saved by save_segmenter?",
+        required=(
+            "encoder_spec",
+            "head",
+            "head_options",
+            "layers",
+            "num_classes",
+            "frozen",
+            "weights_sha256",
+        ),
+    )
 
 
 def load_segmenter(path: PathLike, *, map_location: str | torch.device = "cpu") -> SegmentationModel:
@@ -529,15 +500,9 @@ def load_segmenter(path: PathLike, *, map_location: str | torch.device = "cpu") 
     The weights' sha256 must equal the recorded one and their keys must match the rebuilt model exactly
     (`load_weights`, strict). Raises `CheckpointError` naming the file for anything missing or inconsistent.
     """
-    weights, meta_path = checkpoint_paths(path)
+    meta_path = checkpoint_paths(path)[1]
     meta = read_segmenter_metadata(meta_path)
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: weights file not found (its metadata {meta_path.name} exists)")
-    if sha256_file(weights) != meta.get("weights_sha256"):
-        raise CheckpointError(
-            f"{weights}: sha256 differs from the one recorded in {meta_path.name}; the weights were replaced "
-            "or damaged after saving"
-        )
+    weights = verified_weights(path, meta)
     spec = spec_from_dict(meta["encoder_spec"], meta_path)
     try:
         encoder = timm_encoder_from_spec(spec) if spec.arch.startswith("timm:") else Encoder(spec)
