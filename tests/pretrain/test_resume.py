@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from tests.killing import assert_same_weights, sigterm_after_checkpoint
 
 OVERRIDES = [
     "data.n_patients=16",
@@ -47,17 +46,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert full.returncode == 0, full.stderr[-3000:]
 
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(run_dir, data_dir), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 240
-    while not list((run_dir / "checkpoints").glob("*step=2*.ckpt")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=240)
-    assert process.returncode != 0  # stopped early, not finished
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    state = sigterm_after_checkpoint(command(run_dir, data_dir), run_dir, ENV)
     total = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 2 <= state["global_step"] < total
     assert state["PretrainDataModule"]["batches"] > 0  # stopped inside an epoch, not at its end
@@ -66,11 +55,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     resumed = subprocess.run(command(run_dir, data_dir), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
-    expected = load_file(tmp_path / "full" / "encoder.safetensors")
-    actual = load_file(run_dir / "encoder.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_weights(tmp_path / "full" / "encoder.safetensors", run_dir / "encoder.safetensors")
 
 
 @pytest.mark.slow

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -24,6 +22,7 @@ from panderm.models.seg_heads import load_segmenter
 from panderm.paths import config_dir
 from probes.seg_predict import logits_to_masks, window_logits
 from probes.segment import run_segment
+from tests.killing import assert_same_weights, sigterm_after_checkpoint
 
 TINY = [
     "data.n_patients=12",
@@ -229,8 +228,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    from safetensors.torch import load_file
-
     data = f"data.out_dir={tmp_path / 'data'}"
     full = subprocess.run(
         [*RESUME, data, f"hydra.run.dir={tmp_path / 'full'}"], env=ENV, capture_output=True, text=True
@@ -238,24 +235,12 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert full.returncode == 0, full.stderr[-3000:]
     killed = tmp_path / "killed"
     command = [*RESUME, data, f"hydra.run.dir={killed}"]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not list((killed / "checkpoints").glob("*step=2*.ckpt")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=240)
-    assert process.returncode != 0
-    state = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    state = sigterm_after_checkpoint(command, killed, ENV)
     assert state["SegmentationDataModule"]["batches"] > 0  # stopped inside an epoch
     resumed = subprocess.run(command, env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
-    expected = load_file(tmp_path / "full" / "segmenter.safetensors")
-    actual = load_file(killed / "segmenter.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_weights(tmp_path / "full" / "segmenter.safetensors", killed / "segmenter.safetensors")
 
 
 @pytest.mark.parametrize(
