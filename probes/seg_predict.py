@@ -3,7 +3,6 @@ image's original size, or MONAI sliding windows over images larger than the trai
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,15 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from panderm.errors import ConfigError
+from probes.features import inference_autocast
 
 PREDICT_MODES = ("resize", "sliding_window")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def window_logits(
@@ -110,7 +103,7 @@ def predict_masks(
         if "image" not in batch:  # every image of the batch was unreadable and skipped
             continue
         sizes = [tuple(s) for s in batch["size"]]
-        with autocast(device):
+        with inference_autocast(device, amp=True):
             if mode == "resize":
                 images = batch["image"]
                 if isinstance(images, list):
