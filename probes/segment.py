@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,23 @@ def prediction_loader(
     return loader, base
 
 
+def predict_rows(
+    model: SegmentationModel, manifest: Manifest, cfg: DictConfig, run_dir: Path, device: torch.device
+) -> tuple[Iterator[dict[str, Any]], ManifestDataset]:
+    """`predict_masks` over every row of `manifest` as `cfg.predict` says (and the raw dataset)."""
+    loader, base = prediction_loader(model, manifest, cfg, run_dir, device)
+    items = predict_masks(
+        model,
+        loader,
+        device=device,
+        mode=cfg.predict.mode,
+        window=model.encoder.spec.image_size,
+        overlap=cfg.predict.overlap,
+        window_batch_size=cfg.predict.window_batch_size,
+    )
+    return items, base
+
+
 def _mask_names(ids: list[str]) -> dict[str, str]:
     """PNG file name per image id: the image's stem, or its whole relative path when stems collide."""
     stems = [Path(i).stem for i in ids]
@@ -145,19 +163,10 @@ def evaluate_split(
     Returns the per-image table and {"raw": summary, "postprocessed": summary, "images", "scored"}.
     """
     rows = manifest.subset(split)
-    loader, base = prediction_loader(model, rows, cfg, run_dir, device)
     names = _mask_names(rows.table["image"].astype(str).tolist())
-    spec = model.encoder.spec
-    records, kept = [], {}
-    for item in predict_masks(
-        model,
-        loader,
-        device=device,
-        mode=cfg.predict.mode,
-        window=spec.image_size,
-        overlap=cfg.predict.overlap,
-        window_batch_size=cfg.predict.window_batch_size,
-    ):
+    records = []
+    items, _ = predict_rows(model, rows, cfg, run_dir, device)
+    for item in items:
         pred, truth = item["pred"], item["mask"]
         post = postprocess(pred[None])[0] if cfg.predict.postprocess else None
         if cfg.predict.save_masks:
@@ -165,13 +174,13 @@ def evaluate_split(
             if post is not None:
                 write_mask(run_dir / "masks_postprocessed" / split / f"{names[item['id']]}.png", post)
         record: dict[str, Any] = {"split": split, "id": item["id"], "pred_area": int((pred > 0).sum())}
+        record["row"] = item["index"]
         if truth is not None:
             raw = segmentation_metrics(pred[None] > 0, truth[None] > 0).iloc[0]
             record.update({k: raw[k] for k in ("dice", "iou", "hd95", "true_area")})
             if post is not None:
                 processed = segmentation_metrics(post[None] > 0, truth[None] > 0).iloc[0]
                 record.update({f"{k}_pp": processed[k] for k in ("dice", "iou", "hd95")})
-            kept[item["id"]] = (item["index"], pred)
         records.append(record)
     frame = pd.DataFrame(records)
     result: dict[str, Any] = {
@@ -184,33 +193,40 @@ def evaluate_split(
         if cfg.predict.postprocess:
             renamed = scored[["dice_pp", "iou_pp", "hd95_pp"]].rename(columns=lambda c: c[:-3])
             result["postprocessed"] = summarise(renamed)
-        result["overlay"] = str(_overlay(scored, kept, base, run_dir / "figures" / f"overlay_{split}.png"))
-    return frame, result
+        figure = run_dir / "figures" / f"overlay_{split}.png"
+        result["overlay"] = str(_overlay(scored, rows, model, cfg, run_dir, device, figure))
+    return frame.drop(columns="row"), result
 
 
-def _overlay(scored: pd.DataFrame, kept: dict[str, Any], base: ManifestDataset, path: Path) -> Path:
-    """The overlay grid: the best, the median and the worst `OVERLAY_PER_ROW` images by raw Dice."""
-    order = scored.sort_values("dice", ascending=False, kind="stable")["id"].tolist()
+def _overlay(
+    scored: pd.DataFrame,
+    rows: Manifest,
+    model: SegmentationModel,
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    path: Path,
+) -> Path:
+    """The overlay grid: the best, the median and the worst `OVERLAY_PER_ROW` images by raw Dice. Those
+    few images are predicted again rather than every prediction kept in memory."""
+    order = scored.sort_values("dice", ascending=False, kind="stable")
     n = min(OVERLAY_PER_ROW, len(order))
     middle = max(0, len(order) // 2 - n // 2)
     groups = [("best", order[:n]), ("median", order[middle : middle + n]), ("worst", order[-n:][::-1])]
-    dice = dict(zip(scored["id"], scored["dice"], strict=True))
-    rows = []
-    for label, ids in groups:
-        items = []
-        for image_id in ids:
-            index, pred = kept[image_id]
-            sample = base.load(index)
-            items.append(
-                {
-                    "image": sample["image"],
-                    "mask": sample.get("mask"),
-                    "pred": pred > 0,
-                    "title": f"{Path(image_id).stem[-12:]} Dice {dice[image_id]:.2f}",
-                }
+    shown = sorted({int(r) for _, group in groups for r in group["row"]})
+    items, base = predict_rows(model, rows.subset(rows=np.array(shown)), cfg, run_dir, device)
+    samples = {shown[item["index"]]: (base.load(item["index"]), item["pred"]) for item in items}
+    grid = []
+    for label, group in groups:
+        cells = []
+        for row, image_id, dice in zip(group["row"], group["id"], group["dice"], strict=True):
+            sample, pred = samples[int(row)]
+            title = f"{Path(image_id).stem[-12:]} Dice {dice:.2f}"
+            cells.append(
+                {"image": sample["image"], "mask": sample.get("mask"), "pred": pred > 0, "title": title}
             )
-        rows.append((label, items))
-    return plot_overlay_grid(rows, path)
+        grid.append((label, cells))
+    return plot_overlay_grid(grid, path)
 
 
 def run_segment(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
