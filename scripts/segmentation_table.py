@@ -155,7 +155,7 @@ def main() -> None:
             result = segment(encoder, head, isic_data, run, args, **{"predict.splits": ["val"]})
             timings[f"{source}/{head}"] = time.perf_counter() - t
             external = segment(
-                "unused",
+                encoder,  # recorded only: the checkpoint holds the trained encoder
                 head,
                 ph2_data,
                 run / "ph2",
