@@ -220,13 +220,13 @@ def call_with_cache(
             continue
         if not isinstance(response, str):
             raise BackendError(f"backend call for {key[:12]} returned {type(response).__name__}, not str")
-        cache.put(_record(key, meta, "ok", response, None, attempt + 1))
+        cache.put(cache_record(key, meta, "ok", response, None, attempt + 1))
         return CacheResult("ok", response, None, attempt + 1, cached=False)
-    cache.put(_record(key, meta, "failed", None, error, retries))
+    cache.put(cache_record(key, meta, "failed", None, error, retries))
     return CacheResult("failed", None, error, retries, cached=False)
 
 
-def _record(
+def cache_record(
     key: str, meta: dict[str, Any], status: str, response: str | None, error: str | None, attempts: int
 ) -> dict[str, Any]:
     return {

@@ -1,0 +1,114 @@
+"""Run many conversations through a backend with the response cache: batched, retried, resumable.
+
+Each request's key hashes the backend name, model, the backend's identity (generation settings, adapter) and
+the rendered conversation (image bytes included). Cached ok replies are reused; identical requests in one run
+are sent once; misses go to the backend in batches of `backend.batch_size`, and each finished batch is in the
+cache before the next starts, so a killed run loses at most one batch. A batch that still fails after the
+retries is split and its requests are tried one by one, so one bad request cannot fail its neighbours; final
+failures are recorded as failures (never as answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from panderm.mllm.backends.base import Backend
+from panderm.mllm.cache import CacheResult, ResponseCache, cache_record, call_with_cache, request_key
+from panderm.mllm.conversation import Conversation
+
+log = logging.getLogger(__name__)
+
+
+def backend_key(backend: Backend, rendered: Conversation) -> str:
+    """The cache key of one rendered conversation for `backend`."""
+    return request_key(backend.name, backend.model, backend.identity(), rendered)
+
+
+def run_requests(
+    backend: Backend,
+    conversations: Sequence[Conversation],
+    cache: ResponseCache,
+    *,
+    retries: int = 3,
+    backoff: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: bool = False,
+) -> list[CacheResult]:
+    """One CacheResult per conversation, in order (see the module docstring for batching and failures)."""
+    rendered = [backend.render(c) for c in conversations]
+    keys = [backend_key(backend, r) for r in rendered]
+    meta: dict[str, Any] = {"backend": backend.name, "model": backend.model}
+    results: dict[str, CacheResult] = {}
+    todo: dict[str, Conversation] = {}
+    for key, conv in zip(keys, rendered, strict=True):
+        hit = cache.get(key)
+        if hit is not None and hit["status"] == "ok":
+            results[key] = CacheResult("ok", hit["response"], None, int(hit["attempts"]), cached=True)
+        else:
+            todo.setdefault(key, conv)
+    pending = list(todo.items())
+    bar = tqdm(total=len(pending), desc=f"{backend.name} requests", disable=not progress)
+    for start in range(0, len(pending), backend.batch_size):
+        batch = pending[start : start + backend.batch_size]
+        results.update(_run_batch(backend, batch, cache, retries, backoff, sleep, meta))
+        bar.update(len(batch))
+    bar.close()
+    return [results[k] for k in keys]
+
+
+def _run_batch(
+    backend: Backend,
+    batch: list[tuple[str, Conversation]],
+    cache: ResponseCache,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+    meta: dict[str, Any],
+) -> dict[str, CacheResult]:
+    if len(batch) == 1:
+        key, conv = batch[0]
+        return {
+            key: call_with_cache(
+                cache,
+                key,
+                lambda: backend.generate([conv])[0],
+                retries=retries,
+                backoff=backoff,
+                sleep=sleep,
+                meta=meta,
+            )
+        }
+    convs = [c for _, c in batch]
+    for attempt in range(retries):
+        try:
+            replies = backend.generate(convs)
+            if len(replies) != len(convs) or not all(isinstance(r, str) for r in replies):
+                raise ValueError(f"expected {len(convs)} str replies, got {replies!r:.200}")
+        except Exception as exc:  # a batch failure of any kind falls back to single requests below
+            log.warning(
+                "batch of %d attempt %d/%d failed: %s: %s",
+                len(convs),
+                attempt + 1,
+                retries,
+                type(exc).__name__,
+                exc,
+            )
+            if attempt + 1 < retries:
+                sleep(backoff * 2**attempt)
+            continue
+        out = {}
+        for (key, _), reply in zip(batch, replies, strict=True):
+            cache.put(cache_record(key, meta, "ok", reply, None, attempt + 1))
+            out[key] = CacheResult("ok", reply, None, attempt + 1, cached=False)
+        return out
+    log.warning("batch of %d failed %d times; trying its requests one by one", len(convs), retries)
+    return {
+        k: v
+        for item in batch
+        for k, v in _run_batch(backend, [item], cache, retries, backoff, sleep, meta).items()
+    }
