@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from panderm.errors import BackendError
 from panderm.mllm.backends.base import Backend
 from panderm.mllm.cache import CacheResult, ResponseCache, cache_record, call_with_cache, request_key
 from panderm.mllm.conversation import Conversation
@@ -76,7 +77,7 @@ def _run_batch(
             key: call_with_cache(
                 cache,
                 key,
-                lambda: backend.generate([conv])[0],
+                lambda: _replies(backend, [conv])[0],
                 retries=retries,
                 backoff=backoff,
                 sleep=sleep,
@@ -86,9 +87,7 @@ def _run_batch(
     convs = [c for _, c in batch]
     for attempt in range(retries):
         try:
-            replies = backend.generate(convs)
-            if len(replies) != len(convs) or not all(isinstance(r, str) for r in replies):
-                raise ValueError(f"expected {len(convs)} str replies, got {replies!r:.200}")
+            replies = _replies(backend, convs)
         except Exception as exc:  # a batch failure of any kind falls back to single requests below
             log.warning(
                 "batch of %d attempt %d/%d failed: %s: %s",
@@ -112,3 +111,13 @@ def _run_batch(
         for item in batch
         for k, v in _run_batch(backend, [item], cache, retries, backoff, sleep, meta).items()
     }
+
+
+def _replies(backend: Backend, conversations: list[Conversation]) -> list[str]:
+    replies = backend.generate(conversations)
+    if len(replies) != len(conversations) or not all(isinstance(r, str) for r in replies):
+        raise BackendError(
+            f"{backend.name} backend returned {len(replies)} replies for {len(conversations)} conversations "
+            f"(expected one str each): {replies!r:.200}"
+        )
+    return replies
