@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader
 from panderm.data.dataset import ManifestDataset, collate
 from panderm.data.manifest import read_manifest
 from panderm.data.synthetic.synthderm import generate_synthderm
+from panderm.data.transforms import model_input_transform
 from panderm.models.seg_heads import build_segmentation_model
 from probes.encoders import load_probe_encoder
-from probes.seg_data import PredictionDataset, model_input_transform
+from probes.seg_data import PredictionDataset
 from probes.seg_predict import predict_masks
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panderm.errors import ProbeError
+from panderm.models.classifier import LinearClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,27 @@ class LinearProbe:
         """Predicted class indices (M,), numpy int64."""
         with torch.no_grad():
             return self.classes.to(self.weight.device)[self.logits(x).argmax(dim=1)].cpu().numpy()
+
+    def to_classifier(
+        self, encoder: nn.Module, class_names: Sequence[str], *, pooling: str = "cls"
+    ) -> LinearClassifier:
+        """This probe on `encoder` as a `LinearClassifier` (to save and reuse on images). Classes unseen in
+        training get weight 0 and bias -1e9, so their probability is 0 as in `predict_proba`."""
+        if len(class_names) != self.num_classes:
+            raise ProbeError(f"{len(class_names)} class names for a probe of {self.num_classes} classes")
+        model = LinearClassifier(encoder, class_names, pooling=pooling)
+        if model.head.in_features != self.weight.shape[1]:
+            raise ProbeError(
+                f"the probe expects {self.weight.shape[1]}-d features; "
+                f"the encoder gives {model.head.in_features}"
+            )
+        index = self.classes.cpu()
+        weight = torch.zeros(self.num_classes, self.weight.shape[1])
+        bias = torch.full((self.num_classes,), -1e9)
+        weight[index], bias[index] = self.weight.detach().float().cpu(), self.bias.detach().float().cpu()
+        mean = None if self.mean is None else self.mean.detach().float().cpu()
+        std = None if self.std is None else self.std.detach().float().cpu()
+        return model.set_head(weight, bias, mean, std)
 
     def objective(self, x: ArrayLike, y: ArrayLike) -> float:
         """The training objective of these weights on (x, y): mean cross-entropy + penalty (see class doc)."""

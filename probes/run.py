@@ -18,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from panderm.data.sources import load_data
 from panderm.errors import ConfigError, ProbeError
+from panderm.models.classifier import save_classifier
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
 from probes.encoders import load_probe_encoder
 from probes.features import FeatureSet, cached_features, load_feature_file, resolve_device
 from probes.fewshot import label_efficiency, run_fewshot
 from probes.knn import knn_proba, prototype_proba
-from probes.linear import fit_linear_panderm, fit_linear_sweep
+from probes.linear import LinearProbe, fit_linear_panderm, fit_linear_sweep
 from probes.metrics import bootstrap_ci, classification_metrics, subgroup_gaps, subgroup_metrics
 from probes.plots import plot_confusion, plot_curve, plot_reliability, plot_roc, plot_umap
 from probes.predictions import summary_row, write_predictions, write_summary
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.csv"
 CURVE_TABLE = "curve.csv"
+CLASSIFIER = "classifier"  # classifier.safetensors + .json: encoder + fitted linear head
 
 
 # ------------------------------------------------------------------------------------------ classifiers
@@ -62,7 +64,7 @@ def _fit_linear(
         _check_options(fit_linear_sweep, name, options)
         val = sets["val"].tensors(device) if "val" in sets else (None, None)
         probe = fit_linear_sweep(x, y, *val, num_classes=num_classes, seed=seed, **options)
-    return probe.predict_proba(sets["test"].tensors(device)[0]), probe.recipe
+    return probe.predict_proba(sets["test"].tensors(device)[0]), probe.recipe, probe
 
 
 def _fit_knn(
@@ -77,10 +79,11 @@ def _fit_knn(
     else:
         _check_options(knn_proba, name, options)
         proba = knn_proba(x, y, query, num_classes=num_classes, variant=variant, **options)
-    return np.asarray(proba), {"name": "knn", "variant": variant, **options}
+    return np.asarray(proba), {"name": "knn", "variant": variant, **options}, None
 
 
-CLASSIFIERS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any]]]] = {
+# each returns (test probabilities, recipe, the fitted LinearProbe or None)
+CLASSIFIERS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any], LinearProbe | None]]] = {
     "linear_panderm": _fit_linear,
     "linear_sweep": _fit_linear,
     "knn": _fit_knn,
@@ -208,8 +211,12 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
     report.text(f"{sets['train'].dim}-d features ({cfg.pooling} pooling); {sizes} images; classes {classes}.")
     metrics: dict[str, Any] = {"probe": name, "source": str(source), "dataset": dataset, "classes": classes}
     if name in CLASSIFIERS:
-        proba, recipe = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
+        proba, recipe, fitted = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
         metrics["recipe"] = recipe
+        if fitted is not None and not cfg.features:  # a saved model the MLLM expert backend can answer with
+            encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed)
+            model = fitted.to_classifier(encoder, classes, pooling=cfg.pooling)
+            metrics["classifier"] = str(save_classifier(model, run_dir / CLASSIFIER, recipe=recipe))
         metrics["test"] = evaluate_predictions(
             sets["test"],
             np.asarray(proba, dtype=np.float64),

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
@@ -106,26 +105,6 @@ class SegmentationDataModule(ResumableDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
-
-
-def model_input_transform(
-    image_size: int | None,
-    *,
-    scale: float = 1.0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> A.Compose:
-    """The image part of prediction: resize the whole image to `image_size` (a square), or with
-    `image_size=None` keep its size times `scale` (for sliding windows); then normalise."""
-    from albumentations.pytorch import ToTensorV2
-
-    if image_size is not None:
-        resize: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
-    elif scale != 1.0:
-        resize = [A.RandomScale(scale_limit=(scale - 1, scale - 1), interpolation=cv2.INTER_CUBIC, p=1.0)]
-    else:
-        resize = []
-    return A.Compose([*resize, A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
 
 
 class PredictionDataset(Dataset):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from panderm.data.dataset import ManifestDataset, collate
 from panderm.data.manifest import Manifest
 from panderm.data.sources import SKIPPED_IMAGES, load_data
+from panderm.data.transforms import model_input_transform
 from panderm.errors import ConfigError, ProbeError
 from panderm.io import atomic_write
 from panderm.models.seg_heads import (
@@ -35,7 +36,7 @@ from panderm.runs import start_run, write_metrics
 from probes.encoders import load_probe_encoder, state_hash
 from probes.features import resolve_device
 from probes.plots import plot_overlay_grid
-from probes.seg_data import PredictionDataset, SegmentationDataModule, masked_counts, model_input_transform
+from probes.seg_data import PredictionDataset, SegmentationDataModule, masked_counts
 from probes.seg_metrics import postprocess, segmentation_metrics, summarise
 from probes.seg_predict import PREDICT_MODES, predict_masks
 from probes.seg_train import SegmentationTask

@@ -143,6 +143,24 @@ def segmentation_eval_transform(
     )
 
 
+def model_input_transform(
+    image_size: int | None,
+    *,
+    scale: float = 1.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> A.Compose:
+    """The image part of prediction: resize the whole image to `image_size` (a square), or with
+    `image_size=None` keep its size times `scale` (for sliding windows); then normalise."""
+    if image_size is not None:
+        resize: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
+    elif scale != 1.0:
+        resize = [A.RandomScale(scale_limit=(scale - 1, scale - 1), interpolation=cv2.INTER_CUBIC, p=1.0)]
+    else:
+        resize = []
+    return A.Compose([*resize, A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
+
+
 def takes_boxes(transform: Any) -> bool:
     """Whether a pipeline wants `bboxes`/`box_labels` passed (an albumentations Compose with bbox_params)."""
     return isinstance(transform, A.Compose) and "bboxes" in getattr(transform, "processors", {})

@@ -41,7 +41,7 @@ from panderm.models.checkpoints import (
     write_checkpoint,
 )
 from panderm.models.encoder import Encoder
-from panderm.models.timm_encoder import TimmEncoder, timm_encoder_from_spec
+from panderm.models.timm_encoder import TimmEncoder, encoder_from_spec
 
 HEADS = ("linear", "fpn_upernet", "unetr")
 SEGMENTER_FORMAT = "panderm-segmenter"
@@ -505,7 +505,7 @@ def load_segmenter(path: PathLike, *, map_location: str | torch.device = "cpu") 
     weights = verified_weights(path, meta)
     spec = spec_from_dict(meta["encoder_spec"], meta_path)
     try:
-        encoder = timm_encoder_from_spec(spec) if spec.arch.startswith("timm:") else Encoder(spec)
+        encoder = encoder_from_spec(spec)
         model = build_segmentation_model(
             encoder,
             meta["head"],

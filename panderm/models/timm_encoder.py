@@ -111,3 +111,11 @@ def timm_encoder_from_spec(spec: EncoderSpec) -> TimmEncoder:
     name = spec.extra.get("timm_model") or spec.arch.removeprefix("timm:")
     model, dynamic = create_timm(name, {"pretrained": False, "num_classes": 0}, spec.image_size)
     return TimmEncoder(model, name, spec, dynamic_image_size=dynamic)
+
+
+def encoder_from_spec(spec: EncoderSpec) -> nn.Module:
+    """A randomly initialised encoder for a recorded spec: a `TimmEncoder` for ``timm:`` specs, else an
+    `Encoder` (saved heads rebuild their encoder this way before loading weights)."""
+    from panderm.models.encoder import Encoder
+
+    return timm_encoder_from_spec(spec) if spec.arch.startswith("timm:") else Encoder(spec)

@@ -8,12 +8,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from panderm.cli import main
 from panderm.config import register_configs
+from panderm.data.images import load_image
+from panderm.data.transforms import eval_transform
 from panderm.errors import ConfigError
+from panderm.models.classifier import load_classifier
 from panderm.paths import config_dir
 from probes.run import run_probe
 
@@ -76,6 +80,18 @@ def test_linear_probe_of_an_encoder_writes_consistent_outputs(tmp_path):
     for name, (low, high) in saved["test"]["ci95"]["intervals"].items():
         assert low <= values[name] + 1e-9 and values[name] <= high + 1e-9, name
     assert "modality" in saved["test"]["subgroups"]
+    # The saved classifier (encoder + fitted head) gives the same probabilities from the images themselves
+    # (up to the fp16 feature cache the probe was fitted on).
+    classifier = load_classifier(saved["classifier"])
+    assert classifier.class_names == classes
+    spec = classifier.encoder.spec
+    transform = eval_transform(spec.image_size, mean=spec.mean, std=spec.std)
+    root = tmp_path / "synthderm"
+    images = torch.stack([transform(image=load_image(root / f))["image"] for f in predictions["filename"]])
+    with torch.no_grad():
+        again_proba = torch.softmax(classifier(images), 1).numpy()
+    assert np.abs(again_proba - probabilities).max() < 0.02
+    assert (again_proba.argmax(1) == probabilities.argmax(1)).mean() >= 0.95
     assert (run / "subgroups_modality.csv").is_file()
     summary = pd.read_csv(run / "summary.csv")
     assert list(summary.columns) == ["Dataset", "W_F1", "AUROC", "BACC", "ACC", "AUPR"]

@@ -19,8 +19,9 @@ from PIL import Image
 from panderm.cli import main
 from panderm.config import register_configs
 from panderm.models.seg_heads import load_segmenter
+from panderm.models.seg_outputs import logits_to_masks
 from panderm.paths import config_dir
-from probes.seg_predict import logits_to_masks, window_logits
+from probes.seg_predict import window_logits
 from probes.segment import run_segment
 from tests.killing import assert_same_weights, sigterm_after_checkpoint
 
@@ -272,7 +273,7 @@ def test_timm_encoder_trains_saves_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_masks_from_logits_equal_torch_argmax_of_the_resampled_logits(classes):
-    from probes.seg_predict import channel_argmax
+    from panderm.models.seg_outputs import channel_argmax
 
     logits = torch.randn(4, classes, 8, 8)
     logits[0, :, 0, 0] = 1.0  # a tie goes to the lower class
