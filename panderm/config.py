@@ -185,6 +185,16 @@ class DemoSegmentConfig:
 
 
 @dataclass
+class DemoVQAConfig:
+    """The demo's region-VQA stage: the `expert` backend (the probe stage's linear classifier and the
+    segmentation stage's best segmenter) on a region-VQA set generated from the demo data's test split."""
+
+    enabled: bool = True
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    shown: int = 8
+
+
+@dataclass
 class DemoConfig:
     """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
 
@@ -198,6 +208,7 @@ class DemoConfig:
     pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
     probe: DemoProbeConfig = field(default_factory=lambda: DemoProbeConfig())
     segment: DemoSegmentConfig = field(default_factory=lambda: DemoSegmentConfig())
+    vqa: DemoVQAConfig = field(default_factory=DemoVQAConfig)
 
 
 @dataclass
@@ -278,6 +289,56 @@ class SegmentConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
 
+@dataclass
+class VQABackendConfig:
+    """Which MLLM backend answers: `name` (hf | openai | expert), `model` (path, hub id or served name; the
+    expert names itself), the prompt `adapter` (auto: by model family), `batch_size` (a batch for hf,
+    parallel requests for openai) and the backend's `options` (e.g. base_url; classifier, segmenter)."""
+
+    name: str = "expert"
+    model: str | None = None
+    adapter: str = "auto"
+    batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings (greedy by default); see `panderm.mllm.backends.base.GenerationSettings`."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class VQAConfig:
+    """`panderm vqa`: region-aware VQA with any backend, cached, resumable and scored per task.
+
+    `data` is a MedRegA-format JSONL (None: a region-VQA set generated from `synth`, the embedded default);
+    `task` keeps the samples of one task (all: every task; a file's tasks are inferred from its prompts
+    unless `force_task`); `cache` is the response cache (default: `<run folder>/responses.jsonl`; rerunning
+    into the same folder, or pointing at the same cache, resumes without repeating calls)."""
+
+    seed: int = 0
+    data: str | None = None
+    image_root: str | None = None
+    task: str = "all"
+    force_task: bool = False
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    limit: int | None = None
+    synth: DataConfig = field(default_factory=DataConfig)
+    backend: VQABackendConfig = field(default_factory=VQABackendConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    region_style: str = "medrega"
+    cache: str | None = None
+    retries: int = 3
+    backoff: float = 0.5
+    shown: int = 12
+    progress: bool = True
+
+
 def register_configs() -> None:
     """Register the schemas; idempotent."""
     store = ConfigStore.instance()
@@ -285,4 +346,5 @@ def register_configs() -> None:
     store.store(name="pretrain_schema", node=PretrainConfig)
     store.store(name="probe_schema", node=ProbeConfig)
     store.store(name="segment_schema", node=SegmentConfig)
+    store.store(name="vqa_schema", node=VQAConfig)
     store.store(group="data", name="data_schema", node=DataConfig)

@@ -111,6 +111,7 @@ STAGES: list[tuple[str, str]] = [
     ("pretrain", "panderm.demo:pretrain_stage"),
     ("probe", "probes.demo_stage:probe_stage"),
     ("segment", "probes.seg_demo_stage:segment_stage"),
+    ("vqa", "panderm.mllm.demo_stage:vqa_stage"),
 ]
 
 

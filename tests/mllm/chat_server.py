@@ -60,6 +60,9 @@ class ChatServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: deque[tuple[int | str, str | None]] = deque()
+        self._hold_after: int | None = None
+        self.held = threading.Event()  # set when a request is being held (see hold_after)
+        self._release = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -86,12 +89,23 @@ class ChatServer:
         with self._lock:
             self._faults.extend([(kind, None)] * k)
 
+    def hold_after(self, k: int | None) -> None:
+        """Answer `k` requests, then hold later ones unanswered (setting `held`) until `hold_after(None)`, so
+        a client can be killed while its call is in flight."""
+        with self._lock:
+            self._hold_after = k
+        if k is None:
+            self._release.set()
+        else:
+            self._release.clear()
+
     def bodies(self) -> list[dict[str, Any]]:
         """The JSON bodies of the recorded requests, in arrival order."""
         return [r["body"] for r in self.requests]
 
     def close(self) -> None:
         """Stop serving and release the socket."""
+        self._release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -121,7 +135,11 @@ class ChatServer:
             fault = self._faults.popleft() if self._faults else None
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            hold = self._hold_after is not None and number > self._hold_after
         try:
+            if hold:
+                self.held.set()
+                self._release.wait(timeout=60)
             if self.delay:
                 time.sleep(self.delay)
             return self._answer(handler, body, number, fault)

@@ -1,0 +1,260 @@
+"""Local Hugging Face vision-language models (Qwen2-VL, LLaVA, MedGemma, ...) through transformers.
+
+`HFBackend(model)` loads `AutoProcessor` and `AutoModelForImageTextToText` from a local folder or a hub id,
+renders each conversation with the model's chat template (images as ``{"type": "image"}`` content items in
+the conversation's part order), and generates replies in batches of `batch_size` with left padding, so a
+batched reply is the reply the conversation gets alone. Greedy when ``settings.temperature == 0``,
+otherwise sampling seeded with ``settings.seed`` (the draw then depends on the batch it is in).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from panderm.errors import BackendError, DataError
+from panderm.mllm.adapters import Adapter
+from panderm.mllm.backends.base import Backend, GenerationSettings
+from panderm.mllm.conversation import Conversation, ImagePart, TextPart
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MEMO_SIZE = 64  # decoded images kept; in-context runs reuse a few example images across many requests
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: cuda when available, else cpu; otherwise the named device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BackendError(f"hf backend: device={device!r} is not a torch device ({exc})") from exc
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on CUDA, float32 elsewhere; or one of float32, bfloat16, float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise BackendError(f"hf backend: dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _check_model_location(model: str) -> None:
+    """Fail fast, naming the path, when `model` is meant as a local folder that is not there.
+
+    A string that is not a folder but looks like a hub id ("org/name") is left to transformers.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise BackendError(f"hf backend: model path {model} is a file, not a model folder")
+    looks_local = model.startswith(("/", ".", "~")) or "\\" in model or not _HUB_ID.match(model)
+    if looks_local:
+        raise BackendError(f"hf backend: model path {model} does not exist")
+
+
+class HFBackend(Backend):
+    """A transformers image-text-to-text model run in this process.
+
+    Options: `model` (local folder or hub id), `settings`, `adapter`, `batch_size`, `device` ("auto": cuda
+    if available else cpu), `dtype` ("auto": bfloat16 on CUDA, float32 on CPU), `local_files_only` (False:
+    a hub id may be downloaded into the Hugging Face cache like any transformers model; True: only what is
+    already there is used, for offline clusters). Local folders never touch the network.
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        settings: GenerationSettings | None = None,
+        adapter: str | Adapter = "auto",
+        batch_size: int = 1,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        local_files_only: bool = False,
+    ) -> None:
+        super().__init__(str(model), settings=settings, adapter=adapter, batch_size=batch_size)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        _check_model_location(self.model)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(self.model, local_files_only=local_files_only)
+            model_obj = AutoModelForImageTextToText.from_pretrained(
+                self.model, dtype=self.dtype, local_files_only=local_files_only
+            )
+        except Exception as exc:  # missing files, unknown architecture, hub errors: all name the model
+            raise BackendError(
+                f"hf backend: cannot load model {self.model}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._attach(model_obj.to(self.device), processor)
+
+    @classmethod
+    def from_pretrained_objects(
+        cls,
+        model_obj: Any,
+        processor: Any,
+        *,
+        name: str | None = None,
+        settings: GenerationSettings | None = None,
+        adapter: str | Adapter = "auto",
+        batch_size: int = 1,
+    ) -> HFBackend:
+        """A backend around an already loaded model and processor (kept on their device and dtype).
+
+        `name` is the model id used for the adapter choice and in cache keys (default: the model's
+        `name_or_path`); give distinct names to distinct weights.
+        """
+        self = cls.__new__(cls)
+        model_name = name or getattr(model_obj, "name_or_path", "") or type(model_obj).__name__
+        Backend.__init__(self, model_name, settings=settings, adapter=adapter, batch_size=batch_size)
+        self.device = model_obj.device
+        self.dtype = model_obj.dtype
+        self._attach(model_obj, processor)
+        return self
+
+    def _attach(self, model_obj: Any, processor: Any) -> None:
+        self._model = model_obj.eval()
+        self._processor = processor
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        tokenizer = getattr(processor, "tokenizer", processor)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_token_id = pad
+
+    @property
+    def processor(self) -> Any:
+        """The transformers processor (tokenizer, image processor, chat template)."""
+        return self._loaded()[1]
+
+    def identity(self) -> dict[str, Any]:
+        """Base identity plus the weights' dtype (bfloat16 and float32 replies differ)."""
+        return {**super().identity(), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    # -- prompts -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def messages(conversation: Conversation) -> list[dict[str, Any]]:
+        """The conversation in transformers' chat format, parts in the conversation's order."""
+        return [
+            {
+                "role": turn.role,
+                "content": [
+                    {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                    for p in turn.parts
+                ],
+            }
+            for turn in conversation.turns
+        ]
+
+    def prompt_text(self, conversation: Conversation) -> str:
+        """The chat-template text `generate` sends for an already rendered conversation (before the
+        processor expands each image placeholder to the image's token count)."""
+        processor = self._loaded()[1]
+        try:
+            return processor.apply_chat_template(
+                self.messages(conversation), add_generation_prompt=True, tokenize=False
+            )
+        except ValueError as exc:  # e.g. a checkpoint without a chat template
+            raise BackendError(
+                f"hf backend: model {self.model}: cannot apply the chat template: {exc}"
+            ) from exc
+
+    def _image(self, part: ImagePart) -> Image.Image:
+        """The decoded RGB image, from a small memo keyed by the bytes' sha256."""
+        data = part.bytes()
+        key = part.sha256()
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        try:
+            with Image.open(io.BytesIO(data)) as raw:
+                image = raw.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            where = str(part.path) if part.path is not None else f"in-memory image sha256 {key[:12]}"
+            raise DataError(f"{where}: cannot decode image ({exc})") from exc
+        self._images[key] = image
+        if len(self._images) > _MEMO_SIZE:
+            self._images.popitem(last=False)
+        return image
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def generate(self, conversations: Sequence[Conversation]) -> list[str]:
+        """One reply per rendered conversation, run in chunks of `batch_size`."""
+        replies: list[str] = []
+        for start in range(0, len(conversations), self.batch_size):
+            replies += self._generate_batch(conversations[start : start + self.batch_size])
+        return replies
+
+    def _generate_batch(self, conversations: Sequence[Conversation]) -> list[str]:
+        model, processor = self._loaded()
+        texts = [self.prompt_text(c) for c in conversations]
+        images = [self._image(p) for c in conversations for p in c.images()]
+        settings = self.settings
+        options: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "pad_token_id": self._pad_token_id,
+            "do_sample": not settings.greedy,
+        }
+        if settings.greedy:
+            # unset the checkpoint's own sampling defaults, which would only warn under greedy decoding
+            options.update(temperature=None, top_p=None, top_k=None)
+        else:
+            # top_k=0: our settings alone decide the sampling, not a top_k in the checkpoint's defaults
+            options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        try:
+            inputs = processor(
+                text=texts,
+                images=images or None,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            ).to(self.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
+                torch.manual_seed(settings.seed)
+                output = model.generate(**inputs, **options)
+        except Exception as exc:  # processor or model failure, out of memory included
+            raise BackendError(
+                f"hf backend: model {self.model}: generation failed for a batch of {len(texts)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in decoded]
+
+    def _rng_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+    def _loaded(self) -> tuple[Any, Any]:
+        if self._model is None:
+            raise BackendError(f"hf backend: model {self.model} was closed; build a new backend")
+        return self._model, self._processor
+
+    def close(self) -> None:
+        """Drop the model, processor and image memo, and return cached GPU memory."""
+        self._model = None
+        self._processor = None
+        self._images.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

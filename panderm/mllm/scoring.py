@@ -1,0 +1,165 @@
+"""Score a VQA run: per-record rows (gold, raw reply, what was extracted, its score) and metrics per task.
+
+Failed model calls are never scored as wrong answers: they are left out of every metric, counted in
+`n_failed` and listed with their error. Region replies are parsed in `region_style` (what the model writes);
+gold answers are always MedRegA region text (our JSONL format).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from panderm.mllm.answers import classification_scores, classify_free_text, closed_answer, vqa_scores
+from panderm.mllm.cache import CacheResult
+from panderm.mllm.evaluate import multi_box_scores, phrase_aware_scores, single_box_scores, token_scores
+from panderm.mllm.regions import box_iou, parse_regions
+from panderm.mllm.samples import VQASample
+from panderm.mllm.text_metrics import report_text_scores
+
+_REGION_TAGS = re.compile(r"<ref>.*?</ref>|<box>.*?</box>", re.DOTALL)
+
+
+def report_text(text: str) -> str:
+    """A grounded report without its region tags (and the separators they leave), for text metrics."""
+    return _REGION_TAGS.sub(" ", text).replace(" ,", " ").strip(" \n:：,，")
+
+
+def _gold_regions(sample: VQASample) -> list:
+    return parse_regions(sample.answer, sample.width or 1, sample.height or 1, "medrega")
+
+
+def score_run(
+    samples: Sequence[VQASample], results: Sequence[CacheResult], *, region_style: str = "medrega"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metrics, rows): metrics = {"n", "n_failed", "failures", "tasks": {task: scores}}; one row a sample."""
+    rows: list[dict[str, Any]] = []
+    by_task: dict[str, list[int]] = {}
+    failures = []
+    for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
+        rows.append(
+            {
+                "id": sample.id,
+                "task": sample.task,
+                "language": sample.language,
+                "gold": sample.answer,
+                "response": result.response,
+                "status": result.status,
+                "error": result.error,
+                "attempts": result.attempts,
+            }
+        )
+        if result.status == "ok":
+            by_task.setdefault(sample.task, []).append(i)
+        else:
+            failures.append({"id": sample.id, "error": result.error})
+    tasks = {}
+    for task, index in by_task.items():
+        scorer = SCORERS[task]
+        tasks[task] = scorer(
+            [samples[i] for i in index],
+            [results[i].response or "" for i in index],
+            [rows[i] for i in index],
+            region_style,
+        )
+    metrics = {"n": len(samples), "n_failed": len(failures), "failures": failures, "tasks": tasks}
+    return metrics, rows
+
+
+def _text_to_region(samples, replies, rows, style) -> dict[str, Any]:
+    golds = [_gold_regions(s) for s in samples]
+    preds = [
+        parse_regions(r, s.width or 1, s.height or 1, style) for s, r in zip(samples, replies, strict=True)
+    ]
+    for row, gold, pred in zip(rows, golds, preds, strict=True):
+        row["extracted"] = json.dumps([[p, [list(map(float, b)) for b in bs]] for p, bs in pred])
+        row["parse_problems"] = "; ".join(pred.problems)
+        g, p = gold.boxes(), pred.boxes()
+        row["iou"] = float(box_iou(p[:1], g[:1])[0, 0]) if len(g) and len(p) else 0.0
+    out: dict[str, Any] = {
+        "n": len(samples),
+        "n_malformed_boxes": int(sum(p.n_dropped for p in preds)),
+        "n_unparsed_replies": int(sum(len(p) == 0 for p in preds)),
+        "multi_box": multi_box_scores(
+            [p.boxes().tolist() for p in preds], [g.boxes().tolist() for g in golds]
+        ),
+        "phrase_aware": phrase_aware_scores(preds, golds),
+    }
+    single = [i for i, g in enumerate(golds) if len(g.boxes()) == 1]
+    if single:
+        out["single_box"] = single_box_scores(
+            [preds[i].boxes().tolist() for i in single], [golds[i].boxes().tolist() for i in single]
+        )
+    return out
+
+
+def _region_to_text(samples, replies, rows, style) -> dict[str, Any]:
+    for row, reply in zip(rows, replies, strict=True):
+        row["extracted"] = reply
+    return token_scores(replies, [s.answer for s in samples])
+
+
+def _grounded_report(samples, replies, rows, style) -> dict[str, Any]:
+    out = {}
+    if any(len(_gold_regions(s)) for s in samples):
+        out = _text_to_region(samples, replies, rows, style)
+    texts = [report_text(r) for r in replies]
+    for row, text in zip(rows, texts, strict=True):
+        row["report"] = text
+    out["text"] = report_text_scores(texts, [report_text(s.answer) for s in samples])
+    out["n"] = len(samples)
+    return out
+
+
+def _vqa(samples, replies, rows, style) -> dict[str, Any]:
+    golds = [s.answer for s in samples]
+    for row, reply in zip(rows, replies, strict=True):
+        row["extracted"] = closed_answer(reply)
+    return vqa_scores(replies, golds)
+
+
+def _classify(samples, replies, rows, style) -> dict[str, Any]:
+    classes = _class_list(samples)
+    for row, reply in zip(rows, replies, strict=True):
+        row["extracted"] = classify_free_text(reply, classes)
+        row["correct"] = row["extracted"] == row["gold"]
+    return classification_scores(replies, [s.answer for s in samples], classes)
+
+
+def _class_list(samples: Sequence[VQASample]) -> list[str]:
+    """The samples' class list (meta "classes"), else their gold answers in order of first appearance."""
+    for s in samples:
+        if s.meta.get("classes"):
+            return list(s.meta["classes"])
+    return list(dict.fromkeys(s.answer for s in samples))
+
+
+SCORERS = {
+    "text_to_region": _text_to_region,
+    "region_to_text": _region_to_text,
+    "grounded_report": _grounded_report,
+    "vqa": _vqa,
+    "classify": _classify,
+}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers per task for tables: box acc@0.5 and F1, token F1, ROUGE-L, closed VQA accuracy, accuracy
+    (undefined ones left out)."""
+    out: dict[str, float] = {}
+    for task, m in metrics["tasks"].items():
+        if task in ("text_to_region", "grounded_report") and "multi_box" in m:
+            if "single_box" in m:
+                out[f"{task}/acc@0.5"] = m["single_box"]["acc@0.5"]
+            out[f"{task}/box_f1"] = m["multi_box"]["f1"]
+        if task == "grounded_report":
+            out[f"{task}/rouge_l"] = m["text"].get("rouge_l")
+        if task == "region_to_text":
+            out[f"{task}/token_f1"] = m["f1"]
+        if task == "vqa":
+            out[f"{task}/closed_accuracy"] = m.get("closed_accuracy")
+        if task == "classify":
+            out[f"{task}/accuracy"] = m["accuracy"]
+    return {k: v for k, v in out.items() if v is not None}
