@@ -347,4 +347,6 @@ def register_configs() -> None:
     store.store(name="probe_schema", node=ProbeConfig)
     store.store(name="segment_schema", node=SegmentConfig)
     store.store(name="vqa_schema", node=VQAConfig)
-    store.store(group="data", name="data_schema", node=DataConfig)
+    # not in a group: `data` must stay a plain value for `panderm vqa data=<file>` (configs/data/*.yaml and
+    # their `synth` alias in vqa_command name the schema by its absolute path)
+    store.store(name="data_schema", node=DataConfig)

@@ -40,6 +40,11 @@ def vqa_stage(ctx: Any) -> None:
     if not stage.enabled:
         return
     ctx.report.heading("Region VQA (expert backend)")
+    if ctx.cfg.data.source not in ("synthderm", "synthcxr"):
+        ctx.report.text(
+            f"Skipped: region-VQA questions are generated from SynthDerm/SynthCXR, not `{ctx.cfg.data.name}`."
+        )
+        return
     classifier, segmenter = _saved_models(ctx)
     if classifier is None or segmenter is None:
         ctx.report.text("Skipped: the probe stage's linear classifier or a segmenter is missing.")

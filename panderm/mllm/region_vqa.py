@@ -48,6 +48,7 @@ __all__ = [
     "PromptMatch",
     "make_region_vqa",
     "match_prompt",
+    "question_phrases",
     "task_phrase",
     "task_phrases",
 ]
@@ -267,7 +268,12 @@ def task_phrases(sample: VQASample) -> list[str]:
         return [str(r[0]) for r in regions]
     if isinstance(sample.meta.get("phrase"), str):
         return [sample.meta["phrase"]]
-    refs = [r.strip() for r in _REF.findall(sample.conversation.turns[-1].text)]
+    return question_phrases(sample.conversation.turns[-1].text)
+
+
+def question_phrases(question: str) -> list[str]:
+    """The ``<ref>`` phrases of a question, each once, without placeholders such as "object" or "this"."""
+    refs = [r.strip() for r in _REF.findall(question)]
     return list(dict.fromkeys(r for r in refs if r and r.lower() not in _PLACEHOLDER_REFS))
 
 

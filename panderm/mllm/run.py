@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from panderm.data.images import load_image
 from panderm.data.sources import load_data
-from panderm.errors import ConfigError
+from panderm.errors import ConfigError, ManifestError
 from panderm.io import atomic_write_text
 from panderm.mllm.backends import Backend, GenerationSettings, build_backend
 from panderm.mllm.cache import ResponseCache
@@ -56,6 +56,11 @@ def load_samples(cfg: DictConfig, run_dir: Path) -> list[VQASample]:
     ]
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
+    missing = [f"{s.id}: {s.image}" for s in samples if s.image is not None and not s.image.is_file()]
+    if missing:
+        raise ManifestError(
+            f"{path} (images under {root or path.parent})", [f"image not found: {m}" for m in missing]
+        )
     if not samples:
         raise ConfigError(f"{path}: no samples left for task={cfg.task} and languages={list(cfg.languages)}")
     return samples
@@ -116,10 +121,12 @@ def _report(
     cfg: DictConfig, run_dir: Path, samples: Sequence[VQASample], rows: list[dict], metrics: dict
 ) -> None:
     report = Report(f"Region VQA: `{metrics['model']}` ({metrics['backend']} backend)")
-    source = cfg.data or f"generated from {cfg.synth.name}"
+    source = f"`{cfg.data}`" if cfg.data else f"a region-VQA set generated from `{cfg.synth.name}`"
+    failed = f"{metrics['n_failed']} calls failed" + (
+        " (left out of the scores, listed below)." if metrics["n_failed"] else "."
+    )
     report.text(
-        f"{metrics['n']} samples from {source}; {metrics['n_cached']} replies came from the cache; "
-        f"{metrics['n_failed']} calls failed (left out of the scores, listed below)."
+        f"{metrics['n']} samples from {source}; {metrics['n_cached']} replies came from the cache; {failed}"
     )
     table = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics["headline"].items()])
     report.table(table, "Headline metric per task (details in metrics.json)")

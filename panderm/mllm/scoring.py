@@ -121,19 +121,16 @@ def _vqa(samples, replies, rows, style) -> dict[str, Any]:
 
 
 def _classify(samples, replies, rows, style) -> dict[str, Any]:
-    classes = _class_list(samples)
-    for row, reply in zip(rows, replies, strict=True):
+    """Each reply is mapped to its own sample's class list (meta "classes", else every gold answer), then
+    scored over the union of those lists (so English and Chinese names are separate classes)."""
+    fallback = list(dict.fromkeys(s.answer for s in samples))
+    lists = [list(s.meta.get("classes") or fallback) for s in samples]
+    for row, reply, classes in zip(rows, replies, lists, strict=True):
         row["extracted"] = classify_free_text(reply, classes)
         row["correct"] = row["extracted"] == row["gold"]
-    return classification_scores(replies, [s.answer for s in samples], classes)
-
-
-def _class_list(samples: Sequence[VQASample]) -> list[str]:
-    """The samples' class list (meta "classes"), else their gold answers in order of first appearance."""
-    for s in samples:
-        if s.meta.get("classes"):
-            return list(s.meta["classes"])
-    return list(dict.fromkeys(s.answer for s in samples))
+    union = list(dict.fromkeys(c for classes in lists for c in classes))
+    mapped = [row["extracted"] or "" for row in rows]
+    return classification_scores(mapped, [s.answer for s in samples], union)
 
 
 SCORERS = {

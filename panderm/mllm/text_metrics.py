@@ -2,7 +2,7 @@
 
 Every text is tokenised with :func:`panderm.mllm.evaluate.tokenize` (lower-case, ASCII and Chinese
 punctuation removed, whitespace split; text with any CJK character is split per character), so Chinese
-reports are scored per character. Scores come from nltk (BLEU, METEOR) and rouge-score (ROUGE-L).
+reports are scored per character. Scores come from nltk (BLEU, METEOR) and torchmetrics (ROUGE-L).
 
 METEOR needs nltk's wordnet corpus. Nothing is downloaded: when the corpus is not found in the local
 ``nltk_data`` search path, METEOR is reported as ``None`` and a line in ``notes`` says why.
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 from nltk.translate.meteor_score import meteor_score
-from rouge_score import rouge_scorer
+from torchmetrics.functional.text.rouge import rouge_score
 
 from panderm.mllm.evaluate import tokenize
 
@@ -32,16 +32,6 @@ _ZERO_FLOOR = 1e-70
 METEOR_UNAVAILABLE_NOTE = (
     "meteor: nltk's wordnet corpus was not found locally (nltk.data.path); not downloaded, reported as null"
 )
-
-
-class _Tokenizer:
-    """rouge-score tokenizer that uses :func:`tokenize` (its default drops non-ASCII text such as Chinese)."""
-
-    def tokenize(self, text: str | None) -> list[str]:
-        return tokenize(text)
-
-
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
 
 
 @functools.cache
@@ -72,8 +62,16 @@ def _bleu(
 
 
 def _rouge_l(prediction: str | None, reference: str) -> float:
-    # rouge-score's argument order is (target, prediction)
-    return float(_ROUGE.score(reference or "", prediction or "")["rougeL"].fmeasure)
+    """torchmetrics' ROUGE-L F-measure on our tokens (its default tokenizer drops non-ASCII text such as
+    Chinese). Google's rouge-score gives the same numbers, but it imports absl, whose import-time log handler
+    closes a redirected stderr when logging is reconfigured (Hydra does, per run)."""
+    pred, ref = tokenize(prediction), tokenize(reference)
+    if not pred or not ref:
+        return 0.0
+    score = rouge_score(
+        " ".join(pred), " ".join(ref), rouge_keys="rougeL", tokenizer=str.split, normalizer=str
+    )
+    return float(score["rougeL_fmeasure"])
 
 
 def _meteor(pred_tokens: list[str], ref_tokens: list[str], wordnet: Any) -> float:

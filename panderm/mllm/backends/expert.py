@@ -8,14 +8,14 @@ and answers from the image in the last user turn:
   question equal the predicted class;
 - region_to_text: the predicted class of the crop inside the box given in the question;
 - text_to_region: the boxes of the connected components of a saved segmenter's mask, in MedRegA region text
-  (the phrase of the question's ``<ref>`` tag, else `phrase`);
+  (the phrase of the question's ``<ref>`` tag, else `phrase`: one name or {language: name}, by default
+  "lesion" / 病灶);
 - grounded_report: those boxes followed by ": <predicted class>".
 """
 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ from scipy import ndimage
 from panderm.data.images import mask_to_box
 from panderm.data.transforms import eval_transform, model_input_transform
 from panderm.errors import BackendError, ConfigError, DataError
-from panderm.mllm.answers import classify_free_text
+from panderm.mllm.answers import classify_free_text, normalise_answer
 from panderm.mllm.backends.base import Backend, GenerationSettings
 from panderm.mllm.conversation import Conversation, ImagePart
 from panderm.mllm.medrega import infer_language, infer_task
-from panderm.mllm.region_vqa import CLASS_NAMES, VQA_NAMES
+from panderm.mllm.region_vqa import CLASS_NAMES, VQA_NAMES, question_phrases
 from panderm.mllm.regions import format_regions, parse_regions
 from panderm.mllm.samples import TASKS
 from panderm.models.checkpoints import read_checkpoint_metadata
@@ -40,7 +40,7 @@ from panderm.models.classifier import CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSI
 from panderm.models.seg_heads import load_segmenter, read_segmenter_metadata
 from panderm.models.seg_outputs import logits_to_masks
 
-_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
+DEFAULT_PHRASE = {"en": "lesion", "zh": "病灶"}
 NEEDS = {  # task -> the saved models it needs
     "classify": ("classifier",),
     "vqa": ("classifier",),
@@ -70,7 +70,7 @@ class ExpertBackend(Backend):
         classifier: str | Path | None = None,
         segmenter: str | Path | None = None,
         task: str = "auto",
-        phrase: str = "lesion",
+        phrase: str | dict[str, str] | None = None,
         min_area_fraction: float = 0.002,
         max_boxes: int = 5,
         answer_names: dict[str, dict[str, str]] | None = None,
@@ -113,7 +113,8 @@ class ExpertBackend(Backend):
             None if classifier is None else load_classifier(classifier, map_location=self.device)
         )
         self.segmenter = None if segmenter is None else load_segmenter(segmenter, map_location=self.device)
-        self.task, self.phrase = task, phrase
+        self.task = task
+        self.phrase = dict(DEFAULT_PHRASE) if phrase is None else phrase
         self.min_area_fraction, self.max_boxes = min_area_fraction, max_boxes
         self.answer_names, self.question_names = self._vocabulary(answer_names)
 
@@ -128,10 +129,13 @@ class ExpertBackend(Backend):
         answers = dict(answer_names or (CLASS_NAMES[dataset] if dataset else {}))
         asked: dict[str, dict[str, str]] = {}
         for language in {*answers, *(VQA_NAMES[dataset] if dataset else {})}:
-            names = {label: label for label in labels}
-            sources = (answers, VQA_NAMES[dataset] if dataset else {})
-            by_text = {text: label for source in sources for label, text in source.get(language, {}).items()}
-            asked[language] = {**{v: k for k, v in names.items()}, **by_text}
+            sources = ({k: k for k in labels}, answers.get(language, {}))
+            sources += (VQA_NAMES[dataset].get(language, {}),) if dataset else ()
+            by_key: dict[str, tuple[str, str]] = {}  # one entry per normalised name (the first wins)
+            for source in sources:
+                for label, text in source.items():
+                    by_key.setdefault(normalise_answer(text), (text, label))
+            asked[language] = dict(by_key.values())
         return answers, asked
 
     def identity(self) -> dict[str, Any]:
@@ -160,9 +164,9 @@ class ExpertBackend(Backend):
         task = self.task if self.task != "auto" else infer_task(text)
         language = infer_language(text)
         if task == "text_to_region":
-            return self._regions(image, text)
+            return self._regions(image, text, language)
         if task == "grounded_report":
-            return f"{self._regions(image, text)}: {self._say(self._classify(image), language)}"
+            return f"{self._regions(image, text, language)}: {self._say(self._classify(image), language)}"
         if task == "region_to_text":
             boxes = parse_regions(text, width, height, "medrega").boxes()
             return self._say(self._classify(_crop(image, boxes[0]) if len(boxes) else image), language)
@@ -197,14 +201,15 @@ class ExpertBackend(Backend):
         return model.class_names[int(logits.argmax(1))]
 
     @torch.no_grad()
-    def _regions(self, image: np.ndarray, text: str) -> str:
+    def _regions(self, image: np.ndarray, text: str, language: str) -> str:
         model = self._need("segmenter")
         spec = model.encoder.spec
         x = model_input_transform(spec.image_size, mean=spec.mean, std=spec.std)(image=image)["image"]
         height, width = image.shape[:2]
         mask = logits_to_masks(model(x[None].to(self.device)), [(height, width)])[0] > 0
-        refs = _REF.findall(text)
-        phrase = refs[0].strip() if refs else self.phrase
+        refs = question_phrases(text)
+        default = self.phrase if isinstance(self.phrase, str) else self.phrase.get(language, "lesion")
+        phrase = refs[0] if refs else default
         return format_regions([(phrase, self.mask_boxes(mask))], width, height, "medrega")
 
     def mask_boxes(self, mask: np.ndarray) -> list[list[int]]:
