@@ -81,7 +81,7 @@ def _text_to_region(samples, replies, rows, style) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n": len(samples),
         "n_malformed_boxes": int(sum(p.n_dropped for p in preds)),
-        "n_unparsed_replies": int(sum(len(p) == 0 for p in preds)),
+        "n_replies_without_box": int(sum(len(p.boxes()) == 0 for p in preds)),
         "multi_box": multi_box_scores(
             [p.boxes().tolist() for p in preds], [g.boxes().tolist() for g in golds]
         ),
