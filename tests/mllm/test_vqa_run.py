@@ -148,3 +148,17 @@ def test_a_killed_run_resumes_without_repeating_calls(synth, chat_server, tmp_pa
         json.loads((run / "metrics.json").read_text())["tasks"]
         == json.loads((tmp_path / "fresh" / "metrics.json").read_text())["tasks"]
     )
+
+
+def test_hf_backend_through_the_command(synth, tmp_path):
+    from panderm.mllm.tiny import build_tiny_qwen2_vl
+
+    model = build_tiny_qwen2_vl(tmp_path / "tiny")
+    common = [f"data={synth['set']}", f"image_root={synth['manifest'].parent}", "limit=6"]
+    metrics = run_vqa(
+        vqa_config(*common, "backend=hf", f"backend.model={model}", "generation.max_new_tokens=8"),
+        tmp_path / "r",
+    )
+    rows = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert metrics["n"] == 6 and metrics["n_failed"] == 0 and rows["response"].notna().all()
+    assert metrics["model"] == str(model) and metrics["backend"] == "hf"
