@@ -91,6 +91,16 @@ def check_report(run_dir):
     # trained heads beat an empty prediction (Dice 0) by far on SynthDerm's high-contrast lesions
     assert metrics["segment"]["demo-pretrained/unetr"]["raw"]["dice"] > 0.5
     assert "/figures/overlay_test.png" in report
+    # Region-VQA stage: the expert backend (probe classifier, best segmenter) in English and Chinese;
+    # its Text-to-Region accuracy is the share of its own predictions with IoU > 0.5.
+    assert "## Region VQA (expert backend)" in report and "vqa/figures/boxes.png" in report
+    vqa = json.loads((run_dir / "vqa" / "metrics.json").read_text())
+    assert vqa["n_failed"] == 0 and metrics["vqa"]["n"] == vqa["n"]
+    rows = pd.read_csv(run_dir / "vqa" / "predictions.csv")
+    assert set(rows["language"]) == {"en", "zh"}
+    t2r = rows[rows["task"] == "text_to_region"]
+    assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] == pytest.approx((t2r["iou"] > 0.5).mean())
+    assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] > 0.4  # 0.62 with the demo's UNETR
 
 
 def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):

@@ -141,12 +141,18 @@ def _report(
 
 
 def plot_boxes(samples: Sequence[VQASample], rows: list[dict], path: Path, *, n: int = 12) -> Path | None:
-    """A grid of up to `n` region samples with the true (green) and predicted (red, dashed) boxes."""
-    shown = [
+    """A grid of up to `n` images (Text-to-Region samples first, each image once) with the true (green) and
+    predicted (red, dashed) boxes."""
+    candidates = [
         (s, r)
         for s, r in zip(samples, rows, strict=True)
         if s.task in ("text_to_region", "grounded_report") and s.image is not None and s.width and s.height
-    ][:n]
+    ]
+    candidates.sort(key=lambda pair: pair[0].task != "text_to_region")  # stable: keeps the file order
+    first: dict[Path, tuple[VQASample, dict]] = {}
+    for sample, row in candidates:
+        first.setdefault(sample.image, (sample, row))  # type: ignore[arg-type]
+    shown = list(first.values())[:n]
     if not shown:
         return None
     cols = min(4, len(shown))
@@ -165,7 +171,9 @@ def plot_boxes(samples: Sequence[VQASample], rows: list[dict], path: Path, *, n:
                     plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, ls=style, lw=1.5)
                 )
         iou = row.get("iou")
-        ax.set_title(f"{sample.id}" + (f"  IoU {iou:.2f}" if iou is not None else ""), fontsize=8)
+        name = Path(sample.image).stem
+        label = name if len(name) <= 24 else name[:23] + "…"
+        ax.set_title(label + (f"\nIoU {iou:.2f}" if iou is not None else ""), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
