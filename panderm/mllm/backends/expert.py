@@ -129,7 +129,7 @@ class ExpertBackend(Backend):
         answers = dict(answer_names or (CLASS_NAMES[dataset] if dataset else {}))
         asked: dict[str, dict[str, str]] = {}
         for language in {*answers, *(VQA_NAMES[dataset] if dataset else {})}:
-            sources = ({k: k for k in labels}, answers.get(language, {}))
+            sources = ({k: k for k in sorted(labels)}, answers.get(language, {}))
             sources += (VQA_NAMES[dataset].get(language, {}),) if dataset else ()
             by_key: dict[str, tuple[str, str]] = {}  # one entry per normalised name (the first wins)
             for source in sources:
