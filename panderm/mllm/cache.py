@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from panderm.errors import BackendError, DataError
 from panderm.mllm.conversation import Conversation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATUSES = ("ok", "failed")
 REQUIRED_FIELDS = ("key", "status", "response", "error", "attempts")
@@ -208,22 +209,40 @@ def call_with_cache(
     if hit is not None and hit["status"] == "ok":
         return CacheResult("ok", hit["response"], None, int(hit["attempts"]), cached=True)
     meta = dict(meta or {})
+    response, error, attempts = attempt_call(
+        call, retries=retries, backoff=backoff, retry_on=retry_on, sleep=sleep, what=f"request {key[:12]}"
+    )
+    if error is not None:
+        cache.put(cache_record(key, meta, "failed", None, error, attempts))
+        return CacheResult("failed", None, error, attempts, cached=False)
+    if not isinstance(response, str):
+        raise BackendError(f"backend call for {key[:12]} returned {type(response).__name__}, not str")
+    cache.put(cache_record(key, meta, "ok", response, None, attempts))
+    return CacheResult("ok", response, None, attempts, cached=False)
+
+
+def attempt_call(
+    call: Callable[[], T],
+    *,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    what: str = "call",
+) -> tuple[T | None, str | None, int]:
+    """(result, None, attempts) of the first successful of up to `retries` calls, else (None, error text
+    "Type: message" of the last, retries). After failed attempt i (0-based) it sleeps `backoff * 2**i`,
+    except after the last; exceptions outside `retry_on` propagate."""
     error = ""
     for attempt in range(retries):
         try:
-            response = call()
+            return call(), None, attempt + 1
         except retry_on as exc:
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("request %s attempt %d/%d failed: %s", key[:12], attempt + 1, retries, error)
+            log.warning("%s attempt %d/%d failed: %s", what, attempt + 1, retries, error)
             if attempt + 1 < retries:
                 sleep(backoff * 2**attempt)
-            continue
-        if not isinstance(response, str):
-            raise BackendError(f"backend call for {key[:12]} returned {type(response).__name__}, not str")
-        cache.put(cache_record(key, meta, "ok", response, None, attempt + 1))
-        return CacheResult("ok", response, None, attempt + 1, cached=False)
-    cache.put(cache_record(key, meta, "failed", None, error, retries))
-    return CacheResult("failed", None, error, retries, cached=False)
+    return None, error, retries
 
 
 def cache_record(

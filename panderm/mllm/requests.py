@@ -19,7 +19,14 @@ from tqdm.auto import tqdm
 
 from panderm.errors import BackendError
 from panderm.mllm.backends.base import Backend
-from panderm.mllm.cache import CacheResult, ResponseCache, cache_record, call_with_cache, request_key
+from panderm.mllm.cache import (
+    CacheResult,
+    ResponseCache,
+    attempt_call,
+    cache_record,
+    call_with_cache,
+    request_key,
+)
 from panderm.mllm.conversation import Conversation
 
 log = logging.getLogger(__name__)
@@ -85,25 +92,19 @@ def _run_batch(
             )
         }
     convs = [c for _, c in batch]
-    for attempt in range(retries):
-        try:
-            replies = _replies(backend, convs)
-        except Exception as exc:  # a batch failure of any kind falls back to single requests below
-            log.warning(
-                "batch of %d attempt %d/%d failed: %s: %s",
-                len(convs),
-                attempt + 1,
-                retries,
-                type(exc).__name__,
-                exc,
-            )
-            if attempt + 1 < retries:
-                sleep(backoff * 2**attempt)
-            continue
+    # a batch failure of any kind falls back to single requests below
+    replies, _, attempts = attempt_call(
+        lambda: _replies(backend, convs),
+        retries=retries,
+        backoff=backoff,
+        sleep=sleep,
+        what=f"batch of {len(convs)}",
+    )
+    if replies is not None:
         out = {}
         for (key, _), reply in zip(batch, replies, strict=True):
-            cache.put(cache_record(key, meta, "ok", reply, None, attempt + 1))
-            out[key] = CacheResult("ok", reply, None, attempt + 1, cached=False)
+            cache.put(cache_record(key, meta, "ok", reply, None, attempts))
+            out[key] = CacheResult("ok", reply, None, attempts, cached=False)
         return out
     log.warning("batch of %d failed %d times; trying its requests one by one", len(convs), retries)
     return {
