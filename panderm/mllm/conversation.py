@@ -11,11 +11,16 @@ bytes, so the same image under two paths gives the same key.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
+
+from PIL import Image
 
 from panderm.errors import ConfigError, DataError
 
@@ -61,6 +66,51 @@ class ImagePart:
     def sha256(self) -> str:
         """Hex sha256 of the image bytes (what identifies the image in `Conversation.canonical()`)."""
         return hashlib.sha256(self.bytes()).hexdigest()
+
+
+def decode_rgb(part: ImagePart) -> Image.Image:
+    """The image decoded as RGB; DataError naming the file (or the in-memory image's hash) if it cannot be."""
+    try:
+        with Image.open(io.BytesIO(part.bytes())) as raw:
+            return raw.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        where = str(part.path) if part.path is not None else f"in-memory image sha256 {part.sha256()[:12]}"
+        raise DataError(f"{where}: cannot decode image ({exc})") from exc
+
+
+_V = TypeVar("_V")
+
+
+class ImageMemo(Generic[_V]):
+    """A bounded, thread-safe LRU of values made from images (decoded pixels, base64 text), keyed by the
+    bytes' sha256: in-context runs send the same few images in many requests. Written here because
+    functools.lru_cache would key on the image bytes themselves."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[str, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, part: ImagePart, make: Callable[[ImagePart], _V]) -> _V:
+        """The value for `part`, made by `make(part)` the first time (outside the lock)."""
+        key = part.sha256()
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = make(part)
+        with self._lock:
+            self._values[key] = value
+            if len(self._values) > self.size:
+                self._values.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 Part = TextPart | ImagePart

@@ -13,9 +13,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from panderm.errors import ConfigError
+import torch
+
+from panderm.errors import BackendError, ConfigError
 from panderm.mllm.adapters import Adapter, adapter_for
 from panderm.mllm.conversation import Conversation
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: cuda when available, else cpu; otherwise the named device (BackendError if not one)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BackendError(f"device={device!r} is not a torch device ({exc})") from exc
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,20 @@ and answers from the image in the last user turn:
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from panderm.data.images import mask_to_box
 from panderm.data.transforms import eval_transform, model_input_transform
-from panderm.errors import BackendError, ConfigError, DataError
+from panderm.errors import BackendError, ConfigError
 from panderm.mllm.answers import classify_free_text, normalise_answer
-from panderm.mllm.backends.base import Backend, GenerationSettings
-from panderm.mllm.conversation import Conversation, ImagePart
+from panderm.mllm.backends.base import Backend, GenerationSettings, resolve_device
+from panderm.mllm.conversation import Conversation, ImagePart, decode_rgb
 from panderm.mllm.medrega import infer_language, infer_task
 from panderm.mllm.region_vqa import CLASS_NAMES, VQA_NAMES, question_phrases
 from panderm.mllm.regions import format_regions, parse_regions
@@ -106,9 +104,7 @@ class ExpertBackend(Backend):
         super().__init__(
             model or f"expert({', '.join(hashes)})", settings=settings, adapter=adapter, batch_size=batch_size
         )
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        )
+        self.device = resolve_device(device)
         self.classifier = (
             None if classifier is None else load_classifier(classifier, map_location=self.device)
         )
@@ -117,6 +113,11 @@ class ExpertBackend(Backend):
         self.phrase = dict(DEFAULT_PHRASE) if phrase is None else phrase
         self.min_area_fraction, self.max_boxes = min_area_fraction, max_boxes
         self.answer_names, self.question_names = self._vocabulary(answer_names)
+        # each model's input transform, built once (its encoder's size and normalisation)
+        self._classifier_input = None if self.classifier is None else _input(self.classifier, eval_transform)
+        self._segmenter_input = (
+            None if self.segmenter is None else _input(self.segmenter, model_input_transform)
+        )
 
     def _vocabulary(
         self, answer_names: dict[str, dict[str, str]] | None
@@ -158,7 +159,7 @@ class ExpertBackend(Backend):
         images = [p for p in turn.parts if isinstance(p, ImagePart)] or conversation.images()
         if not images:
             raise BackendError("expert backend: the conversation has no image to look at")
-        image = _decode(images[-1])
+        image = np.asarray(decode_rgb(images[-1]))
         height, width = image.shape[:2]
         text = turn.text
         task = self.task if self.task != "auto" else infer_task(text)
@@ -195,16 +196,14 @@ class ExpertBackend(Backend):
     @torch.no_grad()
     def _classify(self, image: np.ndarray) -> str:
         model = self._need("classifier")
-        spec = model.encoder.spec
-        x = eval_transform(spec.image_size, mean=spec.mean, std=spec.std)(image=image)["image"]
+        x = self._classifier_input(image=image)["image"]
         logits = model(x[None].to(self.device))
         return model.class_names[int(logits.argmax(1))]
 
     @torch.no_grad()
     def _regions(self, image: np.ndarray, text: str, language: str) -> str:
         model = self._need("segmenter")
-        spec = model.encoder.spec
-        x = model_input_transform(spec.image_size, mean=spec.mean, std=spec.std)(image=image)["image"]
+        x = self._segmenter_input(image=image)["image"]
         height, width = image.shape[:2]
         mask = logits_to_masks(model(x[None].to(self.device)), [(height, width)])[0] > 0
         refs = question_phrases(text)
@@ -227,12 +226,12 @@ class ExpertBackend(Backend):
         self.classifier = self.segmenter = None
 
 
-def _decode(part: ImagePart) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(part.bytes())) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{part.path or 'in-memory image'}: cannot decode image ({exc})") from exc
+def _input(model: torch.nn.Module | None, make: Callable[..., Any]) -> Any:
+    """`make` (an albumentations pipeline factory) at the model's encoder size and normalisation."""
+    if model is None:
+        return None
+    spec = model.encoder.spec
+    return make(spec.image_size, mean=spec.mean, std=spec.std)
 
 
 def _crop(image: np.ndarray, box: np.ndarray, margin: float = 0.1) -> np.ndarray:

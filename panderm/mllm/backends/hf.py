@@ -10,9 +10,7 @@ otherwise sampling seeded with ``settings.seed`` (the draw then depends on the b
 from __future__ import annotations
 
 import gc
-import io
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,24 +18,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from panderm.errors import BackendError, DataError
+from panderm.errors import BackendError
 from panderm.mllm.adapters import Adapter
-from panderm.mllm.backends.base import Backend, GenerationSettings
-from panderm.mllm.conversation import Conversation, ImagePart, TextPart
+from panderm.mllm.backends.base import Backend, GenerationSettings, resolve_device
+from panderm.mllm.conversation import Conversation, ImageMemo, ImagePart, TextPart, decode_rgb
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MEMO_SIZE = 64  # decoded images kept; in-context runs reuse a few example images across many requests
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: cuda when available, else cpu; otherwise the named device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise BackendError(f"hf backend: device={device!r} is not a torch device ({exc})") from exc
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -132,7 +120,7 @@ class HFBackend(Backend):
     def _attach(self, model_obj: Any, processor: Any) -> None:
         self._model = model_obj.eval()
         self._processor = processor
-        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._images: ImageMemo[Image.Image] = ImageMemo(_MEMO_SIZE)
         tokenizer = getattr(processor, "tokenizer", processor)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad
@@ -177,21 +165,7 @@ class HFBackend(Backend):
 
     def _image(self, part: ImagePart) -> Image.Image:
         """The decoded RGB image, from a small memo keyed by the bytes' sha256."""
-        data = part.bytes()
-        key = part.sha256()
-        if key in self._images:
-            self._images.move_to_end(key)
-            return self._images[key]
-        try:
-            with Image.open(io.BytesIO(data)) as raw:
-                image = raw.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            where = str(part.path) if part.path is not None else f"in-memory image sha256 {key[:12]}"
-            raise DataError(f"{where}: cannot decode image ({exc})") from exc
-        self._images[key] = image
-        if len(self._images) > _MEMO_SIZE:
-            self._images.popitem(last=False)
-        return image
+        return self._images.get(part, decode_rgb)
 
     # -- generation ----------------------------------------------------------------------------------------
 

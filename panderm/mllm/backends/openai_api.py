@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from base64 import b64encode
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,7 +29,7 @@ from openai.types.chat import ChatCompletion
 from panderm.errors import BackendError, ConfigError
 from panderm.mllm.adapters import Adapter
 from panderm.mllm.backends.base import Backend, GenerationSettings
-from panderm.mllm.conversation import Conversation, ImagePart, Turn
+from panderm.mllm.conversation import Conversation, ImageMemo, ImagePart, Turn
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +85,7 @@ class OpenAIBackend(Backend):
         )
         self._completions = self._client.chat.completions  # resolve the lazy resource before threads use it
         self.base_url = str(self._client.base_url)
-        self._b64: OrderedDict[str, str] = OrderedDict()
-        self._b64_lock = threading.Lock()
+        self._b64: ImageMemo[str] = ImageMemo(IMAGE_MEMO_SIZE)
 
     def __repr__(self) -> str:
         return (
@@ -139,18 +136,7 @@ class OpenAIBackend(Backend):
         return {"role": "user", "content": content}
 
     def _data_url(self, part: ImagePart) -> str:
-        digest = part.sha256()
-        with self._b64_lock:
-            encoded = self._b64.get(digest)
-            if encoded is not None:
-                self._b64.move_to_end(digest)
-        if encoded is None:
-            encoded = b64encode(part.bytes()).decode("ascii")
-            # a bounded LRU keyed by the digest: functools.lru_cache would key on the bytes themselves
-            with self._b64_lock:
-                self._b64[digest] = encoded
-                if len(self._b64) > IMAGE_MEMO_SIZE:
-                    self._b64.popitem(last=False)
+        encoded = self._b64.get(part, lambda p: b64encode(p.bytes()).decode("ascii"))
         return f"data:{part.mime};base64,{encoded}"
 
     def _complete(self, conversation: Conversation) -> str:
