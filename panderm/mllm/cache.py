@@ -138,6 +138,13 @@ class ResponseCache:
         record = self._latest.get(key)
         return dict(record) if record is not None else None
 
+    def final(self, key: str) -> CacheResult | None:
+        """The cached reply for `key` as a CacheResult when its latest record is ok (final), else None."""
+        hit = self._latest.get(key)
+        if hit is None or hit["status"] != "ok":
+            return None
+        return CacheResult("ok", hit["response"], None, int(hit["attempts"]), cached=True)
+
     def put(self, record: Mapping[str, Any]) -> None:
         """Append one record (credential-like keys dropped), flush and fsync; BackendError if invalid."""
         clean = scrub(record)
@@ -205,9 +212,9 @@ def call_with_cache(
     """
     if retries < 1:
         raise BackendError(f"retries must be >= 1 (it counts attempts), got {retries}")
-    hit = cache.get(key)
-    if hit is not None and hit["status"] == "ok":
-        return CacheResult("ok", hit["response"], None, int(hit["attempts"]), cached=True)
+    hit = cache.final(key)
+    if hit is not None:
+        return hit
     meta = dict(meta or {})
     response, error, attempts = attempt_call(
         call, retries=retries, backoff=backoff, retry_on=retry_on, sleep=sleep, what=f"request {key[:12]}"

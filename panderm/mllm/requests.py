@@ -54,9 +54,9 @@ def run_requests(
     results: dict[str, CacheResult] = {}
     todo: dict[str, Conversation] = {}
     for key, conv in zip(keys, rendered, strict=True):
-        hit = cache.get(key)
-        if hit is not None and hit["status"] == "ok":
-            results[key] = CacheResult("ok", hit["response"], None, int(hit["attempts"]), cached=True)
+        hit = cache.final(key)
+        if hit is not None:
+            results[key] = hit
         else:
             todo.setdefault(key, conv)
     pending = list(todo.items())
