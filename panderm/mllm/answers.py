@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
 # the punctuation set is shared with tokenize so both strip exactly the same characters
-from panderm.mllm.evaluate import _PUNCTUATION, tokenize
+from panderm.mllm.evaluate import PUNCTUATION, tokenize
 
 __all__ = ["classification_scores", "classify_free_text", "closed_answer", "normalise_answer", "vqa_scores"]
 
@@ -56,7 +56,7 @@ def normalise_answer(text: str | None) -> str:
     4. split on whitespace and drop the English articles ``a``, ``an``, ``the`` (whole words only);
     5. join the remaining words with single spaces (no leading/trailing space).
     """
-    text = _PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text or "").lower())
+    text = PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text or "").lower())
     return " ".join(w for w in text.split() if w not in _ARTICLES)
 
 

@@ -20,7 +20,8 @@ from panderm.mllm.regions import box_iou, match_boxes
 __all__ = ["multi_box_scores", "phrase_aware_scores", "single_box_scores", "token_scores", "tokenize"]
 
 _CHINESE_PUNCTUATION = "，。！？；：、“”‘’（）《》〈〉【】「」『』〔〕…—–·～﹏"
-_PUNCTUATION = re.compile("[" + re.escape(string.punctuation + _CHINESE_PUNCTUATION) + "]")
+# ASCII and common Chinese punctuation: what every text score in panderm.mllm strips
+PUNCTUATION = re.compile("[" + re.escape(string.punctuation + _CHINESE_PUNCTUATION) + "]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 
@@ -181,7 +182,7 @@ def phrase_aware_scores(
 def tokenize(text: str | None) -> list[str]:
     """Lower-case, replace ASCII and common Chinese punctuation by spaces, then split on whitespace; if the
     text contains any CJK character, every non-whitespace character is a token instead."""
-    norm = _PUNCTUATION.sub(" ", (text or "").lower())
+    norm = PUNCTUATION.sub(" ", (text or "").lower())
     if _CJK.search(norm):
         return [c for c in norm if not c.isspace()]
     return norm.split()
