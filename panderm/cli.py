@@ -31,6 +31,10 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "panderm.mllm.run:run_vqa",
         "region-aware medical VQA with an MLLM backend (hf, openai, expert): cached, resumable, scored",
     ),
+    "icl": (
+        "panderm.mllm.icl.run:run_icl",
+        "in-context-learning experiments (permutations, recency, noise; `panderm icl score FILE...` scores)",
+    ),
 }
 
 
@@ -123,6 +127,29 @@ def _shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _icl_score(argv: Sequence[str]) -> int:
+    """`panderm icl score FILE... [--strict]`: one JSON object per result file, each on its own line."""
+    import json
+
+    from panderm.mllm.icl.scoring import score_command
+
+    parser = argparse.ArgumentParser(
+        prog="panderm icl score",
+        description="Exact-match (or, for MCQA files, is_correct) accuracy of ICL result CSVs in SMMILE's "
+        "layout or panderm's; prints {file, n, correct, accuracy} per file.",
+    )
+    parser.add_argument("files", nargs="+", help="result CSV/JSONL files")
+    parser.add_argument("--strict", action="store_true", help="compare raw strings (stripped) instead")
+    args = parser.parse_args(argv)
+    try:
+        for result in score_command(args.files, strict=args.strict):
+            print(json.dumps(result))
+    except PandermError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="panderm",
@@ -184,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 1 bad input, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv[:2] == ["icl", "score"]:  # the one plain-argument action of a Hydra command
+        return _icl_score(argv[2:])
     if argv and argv[0] in HYDRA_COMMANDS:  # Hydra parses its own arguments, --help included
         return _run_hydra(argv[0], argv[1:])
     relaunched = os.environ.get(COMMAND_ENV)

@@ -195,6 +195,16 @@ class DemoVQAConfig:
 
 
 @dataclass
+class DemoICLConfig:
+    """The demo's in-context-learning stage: offline baselines (kNN-ICL with the pretrained encoder, majority,
+    random) on ICL problems generated from the demo data, under SMMILE++ permutations, recency and noise."""
+
+    enabled: bool = True
+    n_problems: int = 24
+    baselines: list[str] = field(default_factory=lambda: ["knn_icl", "majority", "random"])
+
+
+@dataclass
 class DemoConfig:
     """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
 
@@ -209,6 +219,7 @@ class DemoConfig:
     probe: DemoProbeConfig = field(default_factory=lambda: DemoProbeConfig())
     segment: DemoSegmentConfig = field(default_factory=lambda: DemoSegmentConfig())
     vqa: DemoVQAConfig = field(default_factory=DemoVQAConfig)
+    icl: DemoICLConfig = field(default_factory=DemoICLConfig)
 
 
 @dataclass
@@ -339,6 +350,62 @@ class VQAConfig:
     progress: bool = True
 
 
+@dataclass
+class ICLNoiseConfig:
+    """`strategy=noise`: where the drawn demo goes (first, middle, last or indices) and whether it also
+    replaces a demo; `source` is random (any other problem) or specialty (another problem of the same one)."""
+
+    source: str = "random"
+    positions: list[Any] = field(default_factory=lambda: ["first", "middle", "last"])
+    replace: bool = True
+
+
+@dataclass
+class ICLJudgeConfig:
+    """LLM-as-judge of open answers (off while `backend` is None); runs at temperature 0 through the cache."""
+
+    backend: str | None = None
+    model: str | None = None
+    adapter: str = "auto"
+    batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ICLConfig:
+    """`panderm icl`: in-context-learning experiments on SMMILE-format problems, cached and resumable.
+
+    `problems` is a SMMILE-format file (None: problems generated from `synth`, the embedded default);
+    `strategy` is original, zero_shot, smmile_pp, all_permutations, recency or noise; `mode` open or mcqa
+    (options shuffled with `mcqa_seed`); `encoder` (a saved panderm encoder) is what kNN-ICL and the recency
+    strategy's image similarity use; `cache` as in `panderm vqa` (rerun into the same folder to resume)."""
+
+    seed: int = 0
+    problems: str | None = None
+    image_root: str | None = None
+    limit: int | None = None
+    synth: DataConfig = field(default_factory=DataConfig)
+    n_problems: int = 24
+    strategy: str = "smmile_pp"
+    mode: str = "open"
+    mcqa_seed: int = 42
+    permutations: int = 24
+    max_orders: int = 5040
+    noise: ICLNoiseConfig = field(default_factory=ICLNoiseConfig)
+    encoder: str | None = None
+    strict: bool = False
+    backend: VQABackendConfig = field(
+        default_factory=lambda: VQABackendConfig(name="majority", batch_size=64)
+    )
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
+    judge: ICLJudgeConfig = field(default_factory=ICLJudgeConfig)
+    cache: str | None = None
+    retries: int = 3
+    backoff: float = 0.5
+    n_boot: int = 2000
+    progress: bool = True
+
+
 def register_configs() -> None:
     """Register the schemas; idempotent."""
     store = ConfigStore.instance()
@@ -347,6 +414,7 @@ def register_configs() -> None:
     store.store(name="probe_schema", node=ProbeConfig)
     store.store(name="segment_schema", node=SegmentConfig)
     store.store(name="vqa_schema", node=VQAConfig)
+    store.store(name="icl_schema", node=ICLConfig)
     # not in a group: `data` must stay a plain value for `panderm vqa data=<file>` (configs/data/*.yaml and
     # their `synth` alias in vqa_command name the schema by its absolute path)
     store.store(name="data_schema", node=DataConfig)

@@ -112,6 +112,7 @@ STAGES: list[tuple[str, str]] = [
     ("probe", "probes.demo_stage:probe_stage"),
     ("segment", "probes.seg_demo_stage:segment_stage"),
     ("vqa", "panderm.mllm.demo_stage:vqa_stage"),
+    ("icl", "panderm.mllm.icl.demo_stage:icl_stage"),
 ]
 
 

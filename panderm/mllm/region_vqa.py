@@ -296,7 +296,8 @@ class _Image:
     regions: tuple[tuple[str, tuple[int, int, int, int]], ...]  # (phrase key, box)
 
 
-def _dataset_of(table: pd.DataFrame, manifest: Path) -> str:
+def dataset_of(table: pd.DataFrame, manifest: Path) -> str:
+    """ "synthderm" or "synthcxr", from the manifest's columns; ConfigError for any other manifest."""
     if "lesion_id" in table.columns:
         return "synthderm"
     if "finding_side" in table.columns or "ctr" in table.columns:
@@ -465,7 +466,7 @@ def make_region_vqa(
     missing = [c for c in ("image", "split", "label", "mask") if c not in table.columns]
     if missing:
         raise ConfigError(f"{manifest}: missing column(s) {', '.join(missing)}")
-    dataset = _dataset_of(table, manifest)
+    dataset = dataset_of(table, manifest)
     classes = synthderm.CLASSES if dataset == "synthderm" else synthcxr.CLASSES
     if split is not None:
         if split not in set(table["split"]):

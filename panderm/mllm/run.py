@@ -69,16 +69,25 @@ def load_samples(cfg: DictConfig, run_dir: Path) -> list[VQASample]:
 def backend_from_config(cfg: DictConfig) -> Backend:
     """Build the configured backend (`cfg.backend`, `cfg.generation`)."""
     b = cfg.backend
+    task = cfg.task if b.name == "expert" and cfg.get("force_task") else None
+    return configured_backend(b.name, b, cfg.generation, task=task)
+
+
+def configured_backend(
+    name: str, b: DictConfig, generation: DictConfig, *, task: str | None = None
+) -> Backend:
+    """Backend `name` from a backend config node (`model`, `adapter`, `batch_size`, `options`) and decoding
+    settings; an option the backend does not take is a ConfigError."""
     options: dict[str, Any] = OmegaConf.to_container(b.options, resolve=True)  # type: ignore[assignment]
-    if b.name == "expert" and cfg.force_task:
-        options["task"] = cfg.task
-    if b.model is not None or b.name != "expert":
+    if task is not None:
+        options["task"] = task
+    if b.model is not None:
         options["model"] = b.model
-    settings = GenerationSettings(**OmegaConf.to_container(cfg.generation, resolve=True))  # type: ignore[arg-type]
+    settings = GenerationSettings(**OmegaConf.to_container(generation, resolve=True))  # type: ignore[arg-type]
     try:
-        return build_backend(b.name, settings=settings, adapter=b.adapter, batch_size=b.batch_size, **options)
-    except TypeError as exc:  # an option the backend does not take
-        raise ConfigError(f"backend={b.name}: {exc}; check backend.options") from exc
+        return build_backend(name, settings=settings, adapter=b.adapter, batch_size=b.batch_size, **options)
+    except TypeError as exc:  # an option the backend does not take, or a missing model
+        raise ConfigError(f"backend={name}: {exc}; check backend.model and backend.options") from exc
 
 
 def run_vqa(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -5,7 +5,8 @@
 2-block vision tower (about 0.2 M parameters), a byte-level BPE tokenizer trained here on a small built-in
 corpus, a ChatML chat template, and image/video processors whose pixel budget turns a 64x64 image into
 4 image tokens. Its replies are gibberish, but they depend on the image and the text and are reproducible:
-the same seed gives byte-identical files.
+the same seed gives byte-identical files. `image_pixels` raises the pixel budget (224 * 224: a 224x224 image
+gives 64 image tokens) and `vision_depth` the number of vision blocks, e.g. for benchmarks of the vision side.
 """
 
 from __future__ import annotations
@@ -77,8 +78,23 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
-    """Write a tiny random Qwen2-VL checkpoint (model, processor, tokenizer, chat template) to `out_dir`."""
+MIN_PIXELS = 28 * 28  # one 2x2 group of 14-pixel patches: one image token
+
+
+def build_tiny_qwen2_vl(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    vocab_size: int = 512,
+    image_pixels: int = 56 * 56,
+    vision_depth: int = 2,
+) -> Path:
+    """Write a tiny random Qwen2-VL checkpoint (model, processor, tokenizer, chat template) to `out_dir`.
+
+    `image_pixels` is the processors' `max_pixels` (an image is resized to at most that many pixels, in
+    28-pixel steps, one image token per 28x28 pixels; the minimum stays 28 * 28); `vision_depth` is the
+    number of vision transformer blocks.
+    """
     from transformers import (
         GenerationConfig,
         PreTrainedTokenizerFast,
@@ -92,6 +108,12 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, *, vocab_size: int =
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"build_tiny_qwen2_vl: out_dir {out} exists and is not a folder")
+    if isinstance(image_pixels, bool) or not isinstance(image_pixels, int) or image_pixels < MIN_PIXELS:
+        raise ConfigError(
+            f"build_tiny_qwen2_vl: image_pixels must be an integer >= {MIN_PIXELS}, got {image_pixels!r}"
+        )
+    if isinstance(vision_depth, bool) or not isinstance(vision_depth, int) or vision_depth < 1:
+        raise ConfigError(f"build_tiny_qwen2_vl: vision_depth must be an integer >= 1, got {vision_depth!r}")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(vocab_size),
         eos_token="<|im_end|>",
@@ -116,7 +138,7 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, *, vocab_size: int =
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 2,
+            "depth": vision_depth,
             "embed_dim": 32,
             "hidden_size": 64,  # the merger projects into the text model's width
             "num_heads": 2,
@@ -139,8 +161,8 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, *, vocab_size: int =
         pad_token_id=ids["<|endoftext|>"],
         do_sample=False,
     )
-    # 64x64 -> 56x56 pixels -> 4x4 patches of 14 px -> 4 tokens after the 2x2 merge
-    pixels = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    # by default 64x64 -> 56x56 pixels -> 4x4 patches of 14 px -> 4 tokens after the 2x2 merge
+    pixels = {"min_pixels": MIN_PIXELS, "max_pixels": image_pixels}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         tokenizer=tokenizer,

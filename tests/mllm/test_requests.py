@@ -63,7 +63,8 @@ def test_adapters_order_parts_and_add_system_prompt():
 
 
 def test_registry_names_every_backend():
-    assert set(BACKENDS) == {"hf", "openai", "expert"}
+    assert set(BACKENDS) == {"hf", "openai", "expert", "random", "majority", "knn_icl"}
+    assert all(backend_class(name).name == name for name in BACKENDS)
     with pytest.raises(ConfigError, match="backend='gemini'"):
         backend_class("gemini")
 

@@ -1,4 +1,4 @@
-"""Backend registry: `build_backend("hf" | "openai" | "expert", model=..., **options)`.
+"""Backend registry: `build_backend("hf" | "openai" | "expert" | an ICL baseline, model=..., **options)`.
 
 Backends are imported by name on first use, so `openai` or `transformers` load only when asked for.
 """
@@ -15,6 +15,10 @@ BACKENDS: dict[str, str] = {
     "hf": "panderm.mllm.backends.hf:HFBackend",
     "openai": "panderm.mllm.backends.openai_api:OpenAIBackend",
     "expert": "panderm.mllm.backends.expert:ExpertBackend",
+    # offline in-context-learning baselines (no model call)
+    "random": "panderm.mllm.icl.baselines:RandomAnswerBackend",
+    "majority": "panderm.mllm.icl.baselines:MajorityBackend",
+    "knn_icl": "panderm.mllm.icl.baselines:KNNICLBackend",
 }
 
 __all__ = ["BACKENDS", "Backend", "GenerationSettings", "backend_class", "build_backend"]

@@ -5,6 +5,8 @@ renders each conversation with the model's chat template (images as ``{"type": "
 the conversation's part order), and generates replies in batches of `batch_size` with left padding, so a
 batched reply is the reply the conversation gets alone. Greedy when ``settings.temperature == 0``,
 otherwise sampling seeded with ``settings.seed`` (the draw then depends on the batch it is in).
+Images are decoded through a small memo, and each unique image is preprocessed and vision-encoded once
+(bounded per-image caches, see panderm.mllm.backends.vision_cache).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from PIL import Image
 from panderm.errors import BackendError
 from panderm.mllm.adapters import Adapter
 from panderm.mllm.backends.base import Backend, GenerationSettings, resolve_device
+from panderm.mllm.backends.vision_cache import VisionCache
 from panderm.mllm.conversation import Conversation, ImageMemo, ImagePart, TextPart, decode_rgb
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,6 +64,12 @@ class HFBackend(Backend):
     if available else cpu), `dtype` ("auto": bfloat16 on CUDA, float32 on CPU), `local_files_only` (False:
     a hub id may be downloaded into the Hugging Face cache like any transformers model; True: only what is
     already there is used, for offline clusters). Local folders never touch the network.
+
+    `image_cache_size` (256): how many images the per-image caches keep, each: the image processor's
+    output and the vision encoder's output for an image, keyed by the image bytes' sha256, so in-context
+    runs that send the same demonstration images in many prompts preprocess and encode each once
+    (replies are unchanged). 0 turns both caches off. `vision_stats()` counts images seen, preprocessed and
+    encoded, and encoder calls; `close()` empties the caches.
     """
 
     name = "hf"
@@ -75,8 +84,10 @@ class HFBackend(Backend):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         local_files_only: bool = False,
+        image_cache_size: int = 256,
     ) -> None:
         super().__init__(str(model), settings=settings, adapter=adapter, batch_size=batch_size)
+        VisionCache.check_size(image_cache_size)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         _check_model_location(self.model)
@@ -91,7 +102,7 @@ class HFBackend(Backend):
             raise BackendError(
                 f"hf backend: cannot load model {self.model}: {type(exc).__name__}: {exc}"
             ) from exc
-        self._attach(model_obj.to(self.device), processor)
+        self._attach(model_obj.to(self.device), processor, image_cache_size)
 
     @classmethod
     def from_pretrained_objects(
@@ -103,6 +114,7 @@ class HFBackend(Backend):
         settings: GenerationSettings | None = None,
         adapter: str | Adapter = "auto",
         batch_size: int = 1,
+        image_cache_size: int = 256,
     ) -> HFBackend:
         """A backend around an already loaded model and processor (kept on their device and dtype).
 
@@ -114,16 +126,22 @@ class HFBackend(Backend):
         Backend.__init__(self, model_name, settings=settings, adapter=adapter, batch_size=batch_size)
         self.device = model_obj.device
         self.dtype = model_obj.dtype
-        self._attach(model_obj, processor)
+        self._attach(model_obj, processor, image_cache_size)
         return self
 
-    def _attach(self, model_obj: Any, processor: Any) -> None:
+    def _attach(self, model_obj: Any, processor: Any, image_cache_size: int) -> None:
         self._model = model_obj.eval()
         self._processor = processor
         self._images: ImageMemo[Image.Image] = ImageMemo(_MEMO_SIZE)
+        self._vision = VisionCache(processor, image_cache_size)
         tokenizer = getattr(processor, "tokenizer", processor)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad
+
+    def vision_stats(self) -> dict[str, int]:
+        """Counters since the backend was built: images_seen (images in requests), images_preprocessed
+        (through the image processor), images_encoded (through the vision encoder), encoder_calls."""
+        return self._vision.stats()
 
     @property
     def processor(self) -> Any:
@@ -179,7 +197,9 @@ class HFBackend(Backend):
     def _generate_batch(self, conversations: Sequence[Conversation]) -> list[str]:
         model, processor = self._loaded()
         texts = [self.prompt_text(c) for c in conversations]
-        images = [self._image(p) for c in conversations for p in c.images()]
+        parts = [p for c in conversations for p in c.images()]
+        images = [self._image(p) for p in parts]
+        keys = [p.sha256() for p in parts]
         settings = self.settings
         options: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
@@ -193,16 +213,21 @@ class HFBackend(Backend):
             # top_k=0: our settings alone decide the sampling, not a top_k in the checkpoint's defaults
             options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         try:
-            inputs = processor(
+            inputs = self._vision.preprocess(
                 text=texts,
                 images=images or None,
+                keys=keys,
                 padding=True,
                 padding_side="left",
                 return_tensors="pt",
             ).to(self.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-            with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
+            with (
+                torch.inference_mode(),
+                torch.random.fork_rng(devices=self._rng_devices()),
+                self._vision.encoding(model, keys, len(images)),
+            ):
                 torch.manual_seed(settings.seed)
                 output = model.generate(**inputs, **options)
         except Exception as exc:  # processor or model failure, out of memory included
@@ -225,10 +250,11 @@ class HFBackend(Backend):
         return self._model, self._processor
 
     def close(self) -> None:
-        """Drop the model, processor and image memo, and return cached GPU memory."""
+        """Drop the model, processor, image memo and image caches, and return cached GPU memory."""
         self._model = None
         self._processor = None
         self._images.clear()
+        self._vision.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,89 @@
+"""ICL problems generated from a SynthDerm or SynthCXR manifest (the embedded default data).
+
+Each problem asks the diagnosis of one query image (from `query_split`) after 2-5 demonstrations drawn from
+`demo_split`; with probability `relevant_rate` exactly one demo shares the query's class (the relevant demo,
+at a random position), the other demos have other classes (repeats allowed). Answers are the display names
+of the classes. Written in SMMILE's row format, so `load_problems` reads it like any benchmark file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from panderm.data.manifest import read_table
+from panderm.errors import ConfigError
+from panderm.mllm.region_vqa import CLASS_NAMES, dataset_of
+
+QUESTIONS = {
+    "synthderm": "What is the most likely diagnosis of this skin lesion?",
+    "synthcxr": "What is the main finding in this chest X-ray?",
+}
+METADATA = {"synthderm": ("dermatology", "dermoscopy"), "synthcxr": ("radiology", "x-ray")}
+
+
+def make_icl_problems(
+    manifest: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    n_problems: int = 24,
+    n_demos: Sequence[int] = (2, 3, 4, 5),
+    relevant_rate: float = 0.75,
+    query_split: str = "test",
+    demo_split: str = "train",
+    seed: int = 0,
+) -> Path:
+    """Write `n_problems` problems (demo counts cycling through `n_demos`) as JSONL at `out`; return `out`.
+    Image paths are relative to `out`'s folder. Deterministic for a seed."""
+    manifest, out = Path(manifest), Path(out)
+    if n_problems < 1 or not n_demos or min(n_demos) < 0:
+        raise ConfigError(
+            f"make_icl_problems: n_problems={n_problems} and n_demos={list(n_demos)} must be positive"
+        )
+    table = read_table(manifest)
+    dataset = dataset_of(table, manifest)
+    names = CLASS_NAMES[dataset]["en"]
+    pools = {
+        split: {label: rows for label, rows in table[table["split"] == split].groupby("label")}
+        for split in (query_split, demo_split)
+    }
+    if not pools[query_split] or len(pools[demo_split]) < 2:
+        raise ConfigError(
+            f"{manifest}: needs rows in split {query_split!r} and two classes in split {demo_split!r}"
+        )
+    rng = random.Random(seed)
+    queries = table[table["split"] == query_split].sample(frac=1.0, random_state=seed).to_dict("records")
+    speciality, modality = METADATA[dataset]
+    root = manifest.parent
+    rows = []
+    for k in range(n_problems):
+        query = queries[k % len(queries)]
+        n = n_demos[k % len(n_demos)]
+        others = [label for label in pools[demo_split] if label != query["label"]]
+        labels = [rng.choice(others) for _ in range(n)]
+        if n and query["label"] in pools[demo_split] and rng.random() < relevant_rate:
+            labels[rng.randrange(n)] = query["label"]
+        demos = [
+            pools[demo_split][label].iloc[rng.randrange(len(pools[demo_split][label]))] for label in labels
+        ]
+        pid = f"{dataset}-{k:04d}"
+        for order, rec in enumerate([*demos, query], 1):
+            rows.append(
+                {
+                    "problem_id": pid,
+                    "order": order,
+                    "question": QUESTIONS[dataset],
+                    "answer": names[rec["label"]],
+                    "image": os.path.relpath(root / rec["image"], out.parent),
+                    "speciality": speciality,
+                    "modality": modality,
+                    "answer_format": "diagnosis",
+                }
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_json(out, orient="records", lines=True, force_ascii=False)
+    return out
