@@ -11,6 +11,7 @@ failures are recorded as failures (never as answers).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,6 +68,20 @@ def run_requests(
         bar.update(len(batch))
     bar.close()
     return [results[k] for k in keys]
+
+
+def run_and_close(
+    backend: Backend,
+    conversations: Sequence[Conversation],
+    cache_path: str | os.PathLike[str],
+    **options: Any,
+) -> list[CacheResult]:
+    """`run_requests` with the response cache at `cache_path`, then `backend.close()` (also on failure)."""
+    try:
+        with ResponseCache(cache_path) as cache:
+            return run_requests(backend, conversations, cache, **options)
+    finally:
+        backend.close()
 
 
 def _run_batch(

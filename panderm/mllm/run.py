@@ -24,11 +24,10 @@ from panderm.data.sources import load_data
 from panderm.errors import ConfigError, ManifestError
 from panderm.io import atomic_write_text
 from panderm.mllm.backends import Backend, GenerationSettings, build_backend
-from panderm.mllm.cache import ResponseCache
 from panderm.mllm.medrega import read_medrega
 from panderm.mllm.region_vqa import make_region_vqa
 from panderm.mllm.regions import parse_regions
-from panderm.mllm.requests import run_requests
+from panderm.mllm.requests import run_and_close
 from panderm.mllm.samples import TASKS, VQASample
 from panderm.mllm.scoring import headline, score_run
 from panderm.report import Report
@@ -96,18 +95,14 @@ def run_vqa(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     samples = load_samples(cfg, run_dir)
     backend = backend_from_config(cfg)
     cache_path = Path(cfg.cache) if cfg.cache else run_dir / CACHE
-    try:
-        with ResponseCache(cache_path) as cache:
-            results = run_requests(
-                backend,
-                [s.conversation for s in samples],
-                cache,
-                retries=cfg.retries,
-                backoff=cfg.backoff,
-                progress=cfg.progress,
-            )
-    finally:
-        backend.close()
+    results = run_and_close(
+        backend,
+        [s.conversation for s in samples],
+        cache_path,
+        retries=cfg.retries,
+        backoff=cfg.backoff,
+        progress=cfg.progress,
+    )
     metrics, rows = score_run(samples, results, region_style=cfg.region_style)
     metrics.update(
         backend=backend.name,

@@ -1,8 +1,13 @@
-"""Small saved models with known answers for the expert backend and `panderm vqa` tests."""
+"""Small saved models with known answers for the expert backend and `panderm vqa` tests; a killed run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -10,6 +15,7 @@ from panderm.data.synthetic.synthderm import CLASSES
 from panderm.models.classifier import LinearClassifier, save_classifier
 from panderm.models.encoder import Encoder, EncoderSpec
 from panderm.models.seg_heads import build_segmentation_model, save_segmenter
+from panderm.paths import REPO_ROOT
 
 SPEC = EncoderSpec(arch="vit_tiny", patch_size=8, image_size=32, depth=2)
 
@@ -32,3 +38,21 @@ def everywhere_segmenter(path: Path) -> Path:
             p.zero_()
         model.head.classifier.bias[1] = 5.0
     return save_segmenter(model, path)
+
+
+def kill_when_held(args: Sequence[str], run_dir: Path, chat_server: Any, cwd: Path) -> None:
+    """Run `panderm <args> hydra.run.dir=<run_dir>` in a subprocess and SIGKILL it while `chat_server` holds
+    a request (set `chat_server.hold_after(k)` first): a run killed with a model call in flight."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "panderm.cli", *args, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert chat_server.held.wait(120), "the run never reached the held request"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -4,9 +4,6 @@ kill (openai backend against the local server, in a subprocess), and bad input."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -18,8 +15,8 @@ from panderm.data.synthetic.synthderm import generate_synthderm
 from panderm.errors import ConfigError, ManifestError
 from panderm.mllm.region_vqa import make_region_vqa
 from panderm.mllm.run import run_vqa
-from panderm.paths import REPO_ROOT, config_dir
-from tests.mllm.helpers import constant_classifier, everywhere_segmenter
+from panderm.paths import config_dir
+from tests.mllm.helpers import constant_classifier, everywhere_segmenter, kill_when_held
 
 
 def vqa_config(*overrides: str):
@@ -117,19 +114,7 @@ def test_a_killed_run_resumes_without_repeating_calls(synth, chat_server, tmp_pa
     ]
     run = tmp_path / "run"
     chat_server.hold_after(answered_before_kill)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panderm.cli", *args, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert chat_server.held.wait(120), "the run never reached the held request"
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_held(args, run, chat_server, tmp_path)
     cached = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
     assert len(cached) == answered_before_kill and {c["status"] for c in cached} == {"ok"}
     first_bodies = chat_server.bodies()  # the answered calls plus the one held when killed

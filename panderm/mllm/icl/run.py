@@ -30,7 +30,7 @@ from panderm.mllm.icl.prompts import icl_conversation
 from panderm.mllm.icl.scoring import score_frame
 from panderm.mllm.icl.strategies import Similarity, Variant, make_variants, matches_query
 from panderm.mllm.icl.synth import make_icl_problems
-from panderm.mllm.requests import run_requests
+from panderm.mllm.requests import run_and_close
 from panderm.mllm.run import configured_backend
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
@@ -138,18 +138,14 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     prompts = [prompt(v, cfg.mode, cfg.mcqa_seed) for v in variants]
     cache_path = Path(cfg.cache) if cfg.cache else run_dir / CACHE
     backend = configured_backend(cfg.backend.name, cfg.backend, cfg.generation)
-    try:
-        with ResponseCache(cache_path) as cache:
-            results = run_requests(
-                backend,
-                [c for c, _ in prompts],
-                cache,
-                retries=cfg.retries,
-                backoff=cfg.backoff,
-                progress=cfg.progress,
-            )
-    finally:
-        backend.close()
+    results = run_and_close(
+        backend,
+        [c for c, _ in prompts],
+        cache_path,
+        retries=cfg.retries,
+        backoff=cfg.backoff,
+        progress=cfg.progress,
+    )
     frame = pd.DataFrame(
         [result_row(v, r, o) for v, r, (_, o) in zip(variants, results, prompts, strict=True)]
     )

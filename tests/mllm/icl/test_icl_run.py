@@ -4,9 +4,6 @@ hf backend, `panderm icl score`, kill-and-resume (openai backend against the loc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +20,7 @@ from panderm.mllm.icl.scoring import smmile_normalise
 from panderm.models.checkpoints import save_encoder
 from panderm.models.encoder import create_encoder
 from panderm.paths import REPO_ROOT, config_dir
+from tests.mllm.helpers import kill_when_held
 
 SHARED = REPO_ROOT.parent / "shared" / "data"
 
@@ -172,19 +170,7 @@ def test_a_killed_run_resumes_without_repeating_calls(setup, chat_server, tmp_pa
     n = sum({2: 2, 3: 6}[len(p.demos)] for p in load_problems(setup["problems"]).problems[:2])
     run = tmp_path / "run"
     chat_server.hold_after(answered_before_kill)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panderm.cli", *args, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert chat_server.held.wait(120), "the run never reached the held request"
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_held(args, run, chat_server, tmp_path)
     cached = (run / "responses.jsonl").read_text().splitlines()
     assert len(cached) == answered_before_kill
     first = chat_server.bodies()
