@@ -101,6 +101,34 @@ def check_report(run_dir):
     t2r = rows[rows["task"] == "text_to_region"]
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] == pytest.approx((t2r["iou"] > 0.5).mean())
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] > 0.4  # 0.62 with the demo's UNETR
+    check_icl_stage(run_dir, report, metrics)
+
+
+def check_icl_stage(run_dir, report, metrics):
+    """kNN-ICL (pretrained encoder), majority and random under SMMILE++; kNN-ICL also recency and noise."""
+    assert "## In-context learning (offline baselines)" in report
+    for figure in (
+        "icl/majority-smmile_pp/figures/permutation_spread.png",
+        "icl/knn_icl-smmile_pp/figures/relevant_position.png",
+        "icl/knn_icl-noise/figures/noise_effect.png",
+    ):
+        assert figure in report and (run_dir / figure).is_file(), figure
+    for run in (
+        "knn_icl/smmile_pp",
+        "knn_icl/recency",
+        "knn_icl/noise",
+        "majority/smmile_pp",
+        "random/smmile_pp",
+    ):
+        folder = run_dir / "icl" / run.replace("/", "-")
+        saved = json.loads((folder / "metrics.json").read_text())
+        rows = pd.read_csv(folder / "results.csv", keep_default_na=False)
+        assert metrics["icl"][run]["prompts"] == saved["prompts"] == len(rows)
+        assert set(rows["status"]) == {"ok"}
+    knn = json.loads((run_dir / "icl" / "knn_icl-smmile_pp" / "metrics.json").read_text())
+    assert knn["summary"]["permutation_std"]["mean_std"] == 0  # the nearest demo does not depend on the order
+    recency = json.loads((run_dir / "icl" / "knn_icl-recency" / "metrics.json").read_text())
+    assert recency["summary"]["recency"]["gap"] == 0
 
 
 def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):

@@ -15,7 +15,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -78,36 +78,62 @@ def decode_rgb(part: ImagePart) -> Image.Image:
         raise DataError(f"{where}: cannot decode image ({exc})") from exc
 
 
+_K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-class ImageMemo(Generic[_V]):
-    """A bounded, thread-safe LRU of values made from images (decoded pixels, base64 text), keyed by the
-    bytes' sha256: in-context runs send the same few images in many requests. Written here because
-    functools.lru_cache would key on the image bytes themselves."""
+class LRU(Generic[_K, _V]):
+    """A bounded, thread-safe least-recently-used map (size 0 keeps nothing). Written here because
+    functools.lru_cache memoises a function, not values that callers put and look up."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._values: OrderedDict[str, _V] = OrderedDict()
+        self._values: OrderedDict[_K, _V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, part: ImagePart, make: Callable[[ImagePart], _V]) -> _V:
-        """The value for `part`, made by `make(part)` the first time (outside the lock)."""
-        key = part.sha256()
+    def get(self, key: _K) -> _V | None:
         with self._lock:
-            if key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key]
-        value = make(part)
+            if key not in self._values:
+                return None
+            self._values.move_to_end(key)
+            return self._values[key]
+
+    def put(self, key: _K, value: _V) -> None:
+        if self.size <= 0:
+            return
         with self._lock:
             self._values[key] = value
-            if len(self._values) > self.size:
+            self._values.move_to_end(key)
+            while len(self._values) > self.size:
                 self._values.popitem(last=False)
-        return value
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class ImageMemo(Generic[_V]):
+    """Values made from images (decoded pixels, base64 text) in an `LRU` keyed by the bytes' sha256:
+    in-context runs send the same few images in many requests."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: LRU[str, _V] = LRU(size)
+
+    def get(self, part: ImagePart, make: Callable[[ImagePart], _V]) -> _V:
+        """The value for `part`, made by `make(part)` the first time (outside the lock)."""
+        key = part.sha256()
+        value = self._values.get(key)
+        if value is None:
+            value = make(part)
+            self._values.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        self._values.clear()
 
     def __len__(self) -> int:
         return len(self._values)

@@ -41,16 +41,16 @@ import functools
 import hashlib
 import inspect
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import torch
 from PIL import Image
 
 from panderm.errors import ConfigError
+from panderm.mllm.conversation import LRU
 
 # image processors whose output for a batch is the per-image outputs concatenated along dim 0
 PER_IMAGE_PROCESSORS: frozenset[str] = frozenset(
@@ -59,41 +59,6 @@ PER_IMAGE_PROCESSORS: frozenset[str] = frozenset(
     for flavour in ("", "Fast", "Pil")
 )
 _SIMPLE = (type(None), bool, int, float, str)
-
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V")
-
-
-class LRU(Generic[_K, _V]):
-    """A bounded, thread-safe least-recently-used map (size 0 keeps nothing)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._values: OrderedDict[_K, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: _K) -> _V | None:
-        with self._lock:
-            if key not in self._values:
-                return None
-            self._values.move_to_end(key)
-            return self._values[key]
-
-    def put(self, key: _K, value: _V) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._values[key] = value
-            self._values.move_to_end(key)
-            while len(self._values) > self.size:
-                self._values.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 class VisionStats:
