@@ -39,7 +39,7 @@ class Variant:
     relevant_by: str = ""
     noise_kind: str = "none"
     noise_source: str = ""
-    noise_position: int | None = None
+    noise_position: str = ""
 
     @property
     def id(self) -> str:
@@ -122,9 +122,9 @@ def recency_variants(problem: ICLProblem, similarity: Similarity | None = None) 
 
 
 def position_index(position: str | int, size: int) -> int:
-    """`first` = 0, `middle` = size // 2, `last` = size - 1 (or an explicit index, checked)."""
+    """Slot `first` = 0, `middle` = (size - 1) // 2, `last` = size - 1 (or an explicit index, checked)."""
     if isinstance(position, str) and position in POSITIONS:
-        return {"first": 0, "middle": size // 2, "last": size - 1}[position]
+        return {"first": 0, "middle": (size - 1) // 2, "last": size - 1}[position]
     try:
         index = int(position)
     except (TypeError, ValueError):
@@ -167,40 +167,43 @@ def noise_variants(
     replace: bool = True,
     seed: int = 0,
 ) -> list[Variant]:
-    """`clean`, `noise_add_<i>` (the drawn demo inserted before demo i; i = n: just before the query) and,
-    with `replace`, `noise_replace_<i>` for each position; the same drawn demo in every variant."""
+    """`clean`, then per position `noise_add_<position>` (the drawn demo inserted at slot first = 0, middle =
+    n // 2 or last = n, i.e. just before the query) and, with `replace`, `noise_replace_<position>` (the demo
+    at first = 0, middle = (n - 1) // 2 or last = n - 1 swapped for it); the same drawn demo in every
+    variant. `noise_position` holds the position as given, so problems with different n group together."""
     drawn = noise_demo(problem, others, source=source, seed=seed)
     if drawn is None or not problem.demos:
         return []
     demo, used = drawn
-    demos = problem.demos
+    demos, n = problem.demos, len(problem.demos)
+    labels = list(dict.fromkeys(str(p) for p in positions))
     variants = [Variant(problem, demos, "noise", "clean")]
-    added = sorted({position_index(p, len(demos) + 1) for p in positions})
-    for i in added:
+    for label in labels:
+        i = position_index(label, n + 1)
         variants.append(
             Variant(
                 problem,
                 (*demos[:i], demo, *demos[i:]),
                 "noise",
-                f"noise_add_{i}",
+                f"noise_add_{label}",
                 noise_kind="add",
                 noise_source=used,
-                noise_position=i,
+                noise_position=label,
             )
         )
-    if replace:
-        for i in sorted({position_index(p, len(demos)) for p in positions}):
-            variants.append(
-                Variant(
-                    problem,
-                    (*demos[:i], demo, *demos[i + 1 :]),
-                    "noise",
-                    f"noise_replace_{i}",
-                    noise_kind="replace",
-                    noise_source=used,
-                    noise_position=i,
-                )
+    for label in labels if replace else []:
+        i = position_index(label, n)
+        variants.append(
+            Variant(
+                problem,
+                (*demos[:i], demo, *demos[i + 1 :]),
+                "noise",
+                f"noise_replace_{label}",
+                noise_kind="replace",
+                noise_source=used,
+                noise_position=label,
             )
+        )
     return variants
 
 

@@ -1,7 +1,8 @@
 """ICL problems generated from a SynthDerm or SynthCXR manifest (the embedded default data).
 
 Each problem asks the diagnosis of one query image (from `query_split`) after 2-5 demonstrations drawn from
-`demo_split`; with probability `relevant_rate` exactly one demo shares the query's class (the relevant demo,
+`demo_split`, of the query's modality when the manifest has that column (SMMILE's demos share the query's
+image type); with probability `relevant_rate` exactly one demo shares the query's class (the relevant demo,
 at a random position), the other demos have other classes (repeats allowed). Answers are the display names
 of the classes. Written in SMMILE's row format, so `load_problems` reads it like any benchmark file.
 """
@@ -47,29 +48,34 @@ def make_icl_problems(
     table = read_table(manifest)
     dataset = dataset_of(table, manifest)
     names = CLASS_NAMES[dataset]["en"]
+    # demos share the query's acquisition (dermoscopy/clinical) when the manifest says it, as in SMMILE
+    table = table.assign(_group=table["modality"] if "modality" in table.columns else "")
     pools = {
-        split: {label: rows for label, rows in table[table["split"] == split].groupby("label")}
+        split: {
+            key: dict(tuple(rows.groupby("label")))
+            for key, rows in table[table["split"] == split].groupby("_group")
+        }
         for split in (query_split, demo_split)
     }
-    if not pools[query_split] or len(pools[demo_split]) < 2:
+    if not pools[query_split] or not pools[demo_split] or any(len(v) < 2 for v in pools[demo_split].values()):
         raise ConfigError(
             f"{manifest}: needs rows in split {query_split!r} and two classes in split {demo_split!r}"
         )
     rng = random.Random(seed)
-    queries = table[table["split"] == query_split].sample(frac=1.0, random_state=seed).to_dict("records")
+    queries = table[(table["split"] == query_split) & table["_group"].isin(list(pools[demo_split]))]
+    queries = queries.sample(frac=1.0, random_state=seed).to_dict("records")
     speciality, modality = METADATA[dataset]
     root = manifest.parent
     rows = []
     for k in range(n_problems):
         query = queries[k % len(queries)]
         n = n_demos[k % len(n_demos)]
-        others = [label for label in pools[demo_split] if label != query["label"]]
+        pool = pools[demo_split][query["_group"]]
+        others = [label for label in pool if label != query["label"]]
         labels = [rng.choice(others) for _ in range(n)]
-        if n and query["label"] in pools[demo_split] and rng.random() < relevant_rate:
+        if n and query["label"] in pool and rng.random() < relevant_rate:
             labels[rng.randrange(n)] = query["label"]
-        demos = [
-            pools[demo_split][label].iloc[rng.randrange(len(pools[demo_split][label]))] for label in labels
-        ]
+        demos = [pool[label].iloc[rng.randrange(len(pool[label]))] for label in labels]
         pid = f"{dataset}-{k:04d}"
         for order, rec in enumerate([*demos, query], 1):
             rows.append(
@@ -80,7 +86,7 @@ def make_icl_problems(
                     "answer": names[rec["label"]],
                     "image": os.path.relpath(root / rec["image"], out.parent),
                     "speciality": speciality,
-                    "modality": modality,
+                    "modality": query["_group"] or modality,
                     "answer_format": "diagnosis",
                 }
             )

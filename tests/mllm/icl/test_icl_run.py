@@ -122,7 +122,7 @@ def test_knn_icl_is_order_free_and_noise_runs(setup, tmp_path):
     assert recency["summary"]["recency"]["gap"] == 0
     noise = run_icl(icl_config(*knn, "strategy=noise"), tmp_path / "n")
     rows = pd.read_csv(tmp_path / "n" / "results.csv", keep_default_na=False)
-    assert {"clean", "noise_add_0"} <= set(rows["variant"])
+    assert {"clean", "noise_add_first", "noise_replace_last"} <= set(rows["variant"])
     assert (tmp_path / "n" / "figures" / "noise_effect.png").is_file()
     assert metrics["backend"] == "knn_icl" and noise["prompts"] == len(rows)
 

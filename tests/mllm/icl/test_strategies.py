@@ -102,15 +102,18 @@ def test_noise_insertion_positions() -> None:
     by_name = {v.name: [d.answer for d in v.demos] for v in variants}
     assert by_name == {
         "clean": ["a", "b", "c"],
-        "noise_add_0": ["z", "a", "b", "c"],
-        "noise_add_2": ["a", "b", "z", "c"],
-        "noise_add_3": ["a", "b", "c", "z"],  # last: just before the query
-        "noise_replace_0": ["z", "b", "c"],
-        "noise_replace_1": ["a", "z", "c"],
-        "noise_replace_2": ["a", "b", "z"],
+        "noise_add_first": ["z", "a", "b", "c"],
+        "noise_add_middle": ["a", "z", "b", "c"],  # slot n // 2
+        "noise_add_last": ["a", "b", "c", "z"],  # just before the query
+        "noise_replace_first": ["z", "b", "c"],
+        "noise_replace_middle": ["a", "z", "c"],
+        "noise_replace_last": ["a", "b", "z"],
     }
-    add = [v for v in variants if v.noise_kind == "add"]
-    assert [v.noise_position for v in add] == [0, 2, 3]
+    assert [v.noise_position for v in variants if v.noise_kind == "add"] == ["first", "middle", "last"]
+    explicit = noise_variants(p, [p, donor], positions=[2, "2"], replace=False)
+    assert [(v.name, [d.answer for d in v.demos]) for v in explicit[1:]] == [
+        ("noise_add_2", ["a", "b", "z", "c"])
+    ]
 
 
 def test_noise_sources() -> None:
