@@ -12,9 +12,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A command whose overrides would clash with another command's config groups has its own tree: for `probe`
 # and `segment`, `encoder=<checkpoint>` is a plain value, while `pretrain`'s `encoder=vit_base` picks a
-# group; for `vqa`, `data=<file.jsonl>` is a plain value (its generated default takes `synth=<data config>`).
-# Shared groups (data/, trainer/) are symlinked in.
-OWN_CONFIG_TREES = {"probe": "probe_command", "segment": "segment_command", "vqa": "vqa_command", "icl": "icl_command"}
+# group; for `vqa`, `data=<file.jsonl>` is a plain value (its generated default takes `synth=<data config>`);
+# `icl` has its own `backend` group (the offline baselines). Shared groups (data/, trainer/) are symlinked in.
+OWN_CONFIG_TREES = {
+    "probe": "probe_command",
+    "segment": "segment_command",
+    "vqa": "vqa_command",
+    "icl": "icl_command",
+}
 
 
 def config_dir(command: str | None = None) -> Path:

@@ -70,9 +70,9 @@ def icl_stage(ctx: Any) -> None:
         f"{stage.n_problems} problems generated from the `{ctx.cfg.data.name}` test split (2-5 demos from "
         "the training split; most problems have one demo with the query's diagnosis), answered with no LLM. "
         "SMMILE++ asks each problem in every order of its demos (n <= 4) or 24 orders (n >= 5). kNN-ICL "
-        "uses the pretrained encoder, so its answer never depends on the order, and it is only as good as the "
-        "encoder's neighbourhoods (compare the probe stage's kNN row); majority depends on the order through "
-        "its tie rule. Per-prompt results are in `icl/`."
+        "uses the pretrained encoder, so its answer never depends on the order, and it is only as good as "
+        "the encoder's neighbourhoods (compare the probe stage's kNN row); majority depends on the order "
+        "through its tie rule. Per-prompt results are in `icl/`."
     )
     ctx.report.table(pd.DataFrame(rows), "ICL baselines")
     for (backend, strategy), name, caption in (
