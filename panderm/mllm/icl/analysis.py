@@ -347,9 +347,7 @@ def plot_noise_effect(df: pd.DataFrame, path: str | os.PathLike[str], *, strict:
     if masks is None:
         return None
     clean, noisy = masks
-    position = pd.to_numeric(df["noise_position"], errors="coerce").map(
-        lambda p: "-" if math.isnan(p) else str(int(p))
-    )
+    position = df["noise_position"].map(lambda p: "-" if pd.isna(p) or p == "" else str(p))
     group = df["noise_kind"].astype(str) + " " + df["noise_source"].astype(str) + " @" + position
     rows = df[clean | noisy].assign(noise_group=group.where(noisy, "clean"))
     table = stratify(rows, "noise_group", strict=strict)
