@@ -212,6 +212,16 @@ def report_icl(
         f"missing image); {metrics['n_cached']} replies came from the cache; accuracy {score['accuracy']}% "
         f"({score['correct']}/{score['n']}, {score.get('failed', 0)} failed calls left out)."
     )
+    if "extraction_failed" in score:
+        report.text(
+            f"MCQA: no option could be read from {score['extraction_failed']} replies (scored wrong)."
+        )
+    if "judge" in metrics:
+        judge = metrics["judge"]
+        report.text(
+            f"LLM judge `{judge['model']}`: accuracy {judge['accuracy']}% over the parsed verdicts; "
+            f"{judge['unparseable']} unparseable, {judge['failed']} failed calls."
+        )
     report.table(pd.DataFrame([{"metric": k, "value": v} for k, v in _flat(summary).items()]), "Summary")
     for by in (
         "n_demos",

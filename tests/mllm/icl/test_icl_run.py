@@ -110,7 +110,10 @@ def test_mcqa_mode(setup, tmp_path):
     assert (rows["is_correct"] == (rows["selected_option"] == rows["correct_option"])).all()
     assert (rows["is_correct"] == (rows["generated_answer"] == rows["true_answer"])).all()
     assert metrics["score"]["metric"] == "is_correct"
-    assert metrics["score"]["correct"] == rows["is_correct"].sum()
+    assert (
+        metrics["score"]["correct"] == rows["is_correct"].sum() and metrics["score"]["extraction_failed"] == 0
+    )
+    assert "MCQA: no option could be read from 0 replies" in (tmp_path / "m" / "report.md").read_text()
 
 
 def test_knn_icl_is_order_free_and_noise_runs(setup, tmp_path):
@@ -125,6 +128,35 @@ def test_knn_icl_is_order_free_and_noise_runs(setup, tmp_path):
     assert {"clean", "noise_add_first", "noise_replace_last"} <= set(rows["variant"])
     assert (tmp_path / "n" / "figures" / "noise_effect.png").is_file()
     assert metrics["backend"] == "knn_icl" and noise["prompts"] == len(rows)
+
+
+def test_llm_judge_through_the_command(setup, chat_server, monkeypatch, tmp_path):
+    """A judge saying yes exactly when the generated answer equals the reference agrees with exact match."""
+    from tests.mllm import chat_server as server_module
+
+    def reply_for(body):
+        text = body["messages"][-1]["content"]
+        text = text if isinstance(text, str) else "\n".join(p.get("text", "") for p in text)
+        fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        return "yes" if fields["Reference answer"] == fields["Generated answer"] else "no"
+
+    monkeypatch.setattr(server_module, "reply_for", reply_for)
+    judge = [
+        "judge.backend=openai",
+        "judge.model=judge-llm",
+        f"+judge.options.base_url={chat_server.base_url}",
+    ]
+    judge.append("+judge.options.api_key_env=null")
+    metrics = run_icl(
+        icl_config(f"problems={setup['problems']}", "strategy=smmile_pp", *judge), tmp_path / "j"
+    )
+    rows = pd.read_csv(tmp_path / "j" / "results.csv", keep_default_na=False)
+    unique = rows[["final_question", "true_answer", "generated_answer"]].drop_duplicates()
+    assert set(rows["judge_status"]) == {"ok"} and len(chat_server.bodies()) == len(unique)  # asked once each
+    assert metrics["judge"]["n"] == len(rows) and metrics["judge"]["unparseable"] == 0
+    assert metrics["judge"]["correct"] == metrics["score"]["correct"]
+    assert {b["temperature"] for b in chat_server.bodies()} == {0.0}
+    assert "LLM judge `judge-llm`: accuracy" in (tmp_path / "j" / "report.md").read_text()
 
 
 def test_zero_shot_with_the_hf_backend(setup, tmp_path):
