@@ -19,10 +19,9 @@ from panderm.mllm.icl.run import run_icl
 from panderm.mllm.icl.scoring import smmile_normalise
 from panderm.models.checkpoints import save_encoder
 from panderm.models.encoder import create_encoder
-from panderm.paths import REPO_ROOT, config_dir
+from panderm.paths import config_dir
+from tests.conftest import shared_path
 from tests.mllm.helpers import kill_when_held
-
-SHARED = REPO_ROOT.parent / "shared" / "data"
 
 
 def icl_config(*overrides: str):
@@ -92,9 +91,10 @@ def test_score_command_reads_our_results(setup, tmp_path, capsys):
     }
 
 
-@pytest.mark.skipif(not (SHARED / "smmile_results").is_dir(), reason="../shared/data not present")
+@pytest.mark.shared_data
 def test_score_command_on_smmile_files(capsys):
-    files = [SHARED / "smmile_results" / f for f in ("result_qwen32B_ICL_open.csv", "result_random_ICL.csv")]
+    names = ("result_qwen32B_ICL_open.csv", "result_random_ICL.csv")
+    files = [shared_path("smmile_results", name) for name in names]
     assert main(["icl", "score", *map(str, files)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [(r["n"], r["correct"], r["accuracy"]) for r in lines] == [(111, 35, 31.53), (111, 26, 23.42)]
