@@ -150,6 +150,13 @@ def _icl_score(argv: Sequence[str]) -> int:
     return 0
 
 
+def _readers(args: argparse.Namespace) -> int:
+    """`panderm readers mrmc|report`: handled by the readers package, named rather than imported."""
+    from panderm.runs import load_task
+
+    return load_task(f"readers.commands:{args.readers_command}_command")(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="panderm",
@@ -204,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--classes", help="comma-separated class names (default: inferred from the labels)")
     shard.add_argument("--max-count", type=int, default=10000, help="samples per shard")
     shard.set_defaults(handler=_shard)
+
+    readers = commands.add_parser("readers", help="reader-study analysis (MRMC, with vs without AI)")
+    readers_commands = readers.add_subparsers(dest="readers_command", metavar="ACTION", required=True)
+    mrmc = readers_commands.add_parser(
+        "mrmc", help="Obuchowski-Rockette MRMC analysis (rrrc, frrc, rrfc); prints one JSON object"
+    )
+    report = readers_commands.add_parser(
+        "report", help="write tables and figures of a reader study to a folder"
+    )
+    for sub in (mrmc, report):
+        sub.add_argument(
+            "file", help="reader study: long CSV/Parquet (reader, case, condition, truth, ...) or .lrc"
+        )
+        sub.add_argument("--fom", default="auc", choices=["auc", "sensitivity", "specificity", "accuracy"])
+        sub.add_argument("--cov", default="jackknife", choices=["jackknife", "delong", "bootstrap"])
+        sub.add_argument("--threshold", type=float, help="rating >= threshold is positive (binary FOMs)")
+        sub.add_argument("--positive", default="1", help="the positive class of truth/response (default 1)")
+        sub.add_argument(
+            "--condition-column", help="column holding the condition (default condition/treatment)"
+        )
+        sub.add_argument("--conditions", help="comma-separated conditions to compare, in order (default all)")
+        sub.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (--cov bootstrap)")
+        sub.add_argument("--seed", type=int, default=0)
+    report.add_argument("--out", default="outputs/readers", help="report folder")
+    report.add_argument("--before", help="the unaided condition (default: the first)")
+    report.add_argument("--after", help="the aided condition (default: the second)")
+    mrmc.set_defaults(handler=_readers)
+    report.set_defaults(handler=_readers)
     return parser
 
 

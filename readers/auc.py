@@ -22,7 +22,7 @@ def _check_fom(fom: str, threshold: float | None) -> None:
     if fom not in FOMS:
         raise ConfigError(f"fom: unknown figure of merit {fom!r}; expected one of {FOMS}")
     if fom != "auc" and threshold is None:
-        raise ConfigError(f"threshold: fom={fom!r} needs a rating threshold (rating >= threshold is positive)")
+        raise ConfigError(f"threshold: fom={fom!r} needs a threshold (rating >= threshold is positive)")
 
 
 def structural_components(x: np.ndarray, n0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def fom_and_jackknife(
 
 
 def jackknife_cov(loo: np.ndarray) -> np.ndarray:
-    """OR/Hillis jackknife covariance ``(K-1)/K * sum_k (f_(k) - mean)(f'_(k) - mean')`` of the flattened FOMs.
+    """OR/Hillis jackknife covariance ``(K-1)/K * sum_k (f_(k) - mean)(f'_(k) - mean')`` of flattened FOMs.
 
     ``loo`` has shape (..., K); the result is (P, P) over the flattened leading axes (C order).
     """
@@ -94,13 +94,15 @@ def jackknife_cov(loo: np.ndarray) -> np.ndarray:
 
 
 def delong_cov(x: np.ndarray, n0: int) -> np.ndarray:
-    """DeLong et al. (1988) covariance of the empirical AUCs of the flattened leading axes: S10/n1 + S01/n0."""
+    """DeLong et al. (1988) covariance of the empirical AUCs (flattened leading axes): S10/n1 + S01/n0."""
     _, v10, v01 = structural_components(x, n0)
     n1 = x.shape[-1] - n0
     p10 = v10.reshape(-1, n1)
     p01 = v01.reshape(-1, n0)
-    return np.cov(p10) / n1 + np.cov(p01) / n0 if p10.shape[0] > 1 else np.atleast_2d(
-        p10.var(ddof=1) / n1 + p01.var(ddof=1) / n0
+    return (
+        np.cov(p10) / n1 + np.cov(p01) / n0
+        if p10.shape[0] > 1
+        else np.atleast_2d(p10.var(ddof=1) / n1 + p01.var(ddof=1) / n0)
     )
 
 
@@ -113,7 +115,7 @@ def bootstrap_foms(
     seed: int = 0,
     chunk_elems: int = 20_000_000,
 ) -> np.ndarray:
-    """FOMs on ``n_boot`` case bootstrap samples, resampled within truth strata; shape (n_boot, *x.shape[:-1])."""
+    """FOMs on ``n_boot`` case bootstrap samples drawn within truth strata; shape (n_boot, *x.shape[:-1])."""
     if n_boot < 2:
         raise ConfigError(f"n_boot: need at least 2 bootstrap samples, got {n_boot}")
     rng = np.random.default_rng(seed)
@@ -129,7 +131,12 @@ def bootstrap_foms(
 
 
 def bootstrap_cov(
-    x: np.ndarray, n0: int, fom: str = "auc", threshold: float | None = None, n_boot: int = 2000, seed: int = 0
+    x: np.ndarray,
+    n0: int,
+    fom: str = "auc",
+    threshold: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> np.ndarray:
     """Bootstrap covariance (ddof 1) of the flattened FOMs."""
     b = bootstrap_foms(x, n0, fom, threshold, n_boot, seed).reshape(n_boot, -1)

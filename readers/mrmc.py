@@ -186,6 +186,11 @@ def _anova(foms: np.ndarray) -> dict[str, float | np.ndarray]:
     return {"MS_T": float(ms_t), "MS_R": float(ms_r), "MS_TR": float(ms_tr), "MS_R_per_condition": ms_r_i}
 
 
+def _plain(label: object) -> object:
+    """A numpy scalar label as its Python value, so that results are JSON-ready."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
 def _ratio(num: float, den: float) -> float:
     """num / den, with a zero denominator (e.g. readers with identical FOMs) giving inf, or NaN for 0/0."""
     if den > 0:
@@ -228,8 +233,8 @@ def or_analysis(
     t, r = foms.shape
     if r < 2:
         raise DataError(f"MRMC needs at least 2 readers, got {r}")
-    conditions = list(range(t)) if conditions is None else list(conditions)
-    readers = list(range(r)) if readers is None else list(readers)
+    conditions = list(range(t)) if conditions is None else [_plain(c) for c in conditions]
+    readers = list(range(r)) if readers is None else [_plain(c) for c in readers]
     ms = _anova(foms)
     oc = or_components(cov, t, r)
     ms_t, ms_r, ms_tr, ms_r_i = ms["MS_T"], ms["MS_R"], ms["MS_TR"], ms["MS_R_per_condition"]

@@ -56,8 +56,10 @@ class ReaderStudy:
     def reader_attributes(self) -> pd.DataFrame:
         """One row per reader with its attribute columns (first value seen)."""
         cols = self.attribute_columns
-        return self.data.groupby("reader", sort=False)[cols].first() if cols else pd.DataFrame(
-            index=pd.Index(self.readers, name="reader")
+        return (
+            self.data.groupby("reader", sort=False)[cols].first()
+            if cols
+            else pd.DataFrame(index=pd.Index(self.readers, name="reader"))
         )
 
     def has(self, column: str) -> bool:
@@ -214,7 +216,9 @@ def read_lrc(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values(["reader", "condition", "case"], ignore_index=True)
 
 
-def load_study(path_or_frame: str | Path | pd.DataFrame, *, condition_column: str | None = None) -> ReaderStudy:
+def load_study(
+    path_or_frame: str | Path | pd.DataFrame, *, condition_column: str | None = None
+) -> ReaderStudy:
     """Load and validate a reader study from a DataFrame, CSV, Parquet or `.lrc` file.
 
     Raises `ManifestError` (a `DataError`) listing every problem, with the file and 1-based data rows.
