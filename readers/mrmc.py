@@ -173,17 +173,35 @@ def or_components(cov: np.ndarray, n_conditions: int, n_readers: int) -> ORCompo
     )
 
 
-def _anova(foms: np.ndarray) -> dict[str, float | np.ndarray]:
-    """Condition x reader ANOVA mean squares of the FOMs; MS_R per condition too."""
-    t, r = foms.shape
-    grand = foms.mean()
-    cond, read = foms.mean(axis=1), foms.mean(axis=0)
-    ms_t = r * ((cond - grand) ** 2).sum() / (t - 1) if t > 1 else float("nan")
-    ms_r = t * ((read - grand) ** 2).sum() / (r - 1)
-    inter = foms - cond[:, None] - read[None, :] + grand
-    ms_tr = (inter**2).sum() / ((t - 1) * (r - 1)) if t > 1 else float("nan")
-    ms_r_i = ((foms - cond[:, None]) ** 2).sum(axis=1) / (r - 1)
-    return {"MS_T": float(ms_t), "MS_R": float(ms_r), "MS_TR": float(ms_tr), "MS_R_per_condition": ms_r_i}
+def mean_squares(foms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MS_T, MS_R and MS_TR of the condition x reader ANOVA of FOMs (..., conditions, readers), batched over
+    any leading axes (MS_T and MS_TR are NaN for one condition)."""
+    t, r = foms.shape[-2:]
+    grand = foms.mean(axis=(-2, -1), keepdims=True)
+    cond, read = foms.mean(axis=-1, keepdims=True), foms.mean(axis=-2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ms_t = r * ((cond - grand) ** 2).sum(axis=(-2, -1)) / (t - 1)
+        ms_r = t * ((read - grand) ** 2).sum(axis=(-2, -1)) / (r - 1)
+        ms_tr = ((foms - cond - read + grand) ** 2).sum(axis=(-2, -1)) / ((t - 1) * (r - 1))
+    return ms_t, ms_r, ms_tr
+
+
+def error_terms(
+    ms_tr: np.ndarray,
+    var_error: np.ndarray,
+    cov1: np.ndarray,
+    cov2: np.ndarray,
+    cov3: np.ndarray,
+    t: int,
+    r: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OR error terms (arrays broadcast): the RRRC denominator MS_TR + r max(Cov2 - Cov3, 0) with Hillis'
+    (2007) ddf, and the FRRC denominator Var_E - Cov1 + (r - 1) max(Cov2 - Cov3, 0)."""
+    excess = np.maximum(cov2 - cov3, 0.0)
+    den = ms_tr + r * excess
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ddf = den**2 / (ms_tr**2 / ((t - 1) * (r - 1)))
+    return den, ddf, var_error - cov1 + (r - 1) * excess
 
 
 def _plain(label: object) -> object:
@@ -235,9 +253,9 @@ def or_analysis(
         raise DataError(f"MRMC needs at least 2 readers, got {r}")
     conditions = list(range(t)) if conditions is None else [_plain(c) for c in conditions]
     readers = list(range(r)) if readers is None else [_plain(c) for c in readers]
-    ms = _anova(foms)
     oc = or_components(cov, t, r)
-    ms_t, ms_r, ms_tr, ms_r_i = ms["MS_T"], ms["MS_R"], ms["MS_TR"], ms["MS_R_per_condition"]
+    ms_t, ms_r, ms_tr = map(float, mean_squares(foms))
+    ms_r_i = ((foms - foms.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / (r - 1)  # per condition
     means = foms.mean(axis=1)
     var_tr = ms_tr - oc.var_error + oc.cov1 + oc.cov2 - oc.cov3 if t > 1 else 0.0
     var_r = (ms_r - var_tr - oc.var_error - (t - 1) * oc.cov1 + oc.cov2 + (t - 1) * oc.cov3) / t
@@ -306,9 +324,8 @@ def or_analysis(
 
     df1 = t - 1
     # RRRC: Hillis (2007) denominator, MS_TR + r * max(Cov2 - Cov3, 0), with ddf_H.
-    den = ms_tr + r * max(oc.cov2 - oc.cov3, 0.0)
+    den, ddf, den_f = map(float, error_terms(ms_tr, oc.var_error, oc.cov1, oc.cov2, oc.cov3, t, r))
     f = _ratio(ms_t, den)
-    ddf = _ratio(den**2, ms_tr**2 / ((t - 1) * (r - 1)))
     out["rrrc"] = {
         "statistic": "F",
         "value": float(f),
@@ -319,7 +336,6 @@ def or_analysis(
         "single_condition": single_rrrc,
     }
     # FRRC: chi-square with the fixed-reader error term.
-    den_f = oc.var_error - oc.cov1 + (r - 1) * max(oc.cov2 - oc.cov3, 0.0)
     x2 = _ratio(df1 * ms_t, den_f)
     per_reader = []
     for j, rd in enumerate(readers):
