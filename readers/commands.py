@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
+from readers.report import json_safe
 from readers.schema import ReaderStudy, load_study
 
 
@@ -22,17 +22,6 @@ def _conditions(args: argparse.Namespace, study: ReaderStudy) -> list | None:
         return None
     known = {str(c): c for c in study.conditions}
     return [known.get(c.strip(), c.strip()) for c in args.conditions.split(",")]
-
-
-def _json_safe(value: object) -> object:
-    """NaN/inf become null so that the output is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def mrmc_options(args: argparse.Namespace, study: ReaderStudy) -> dict:
@@ -52,7 +41,7 @@ def mrmc_command(args: argparse.Namespace) -> int:
     from readers.mrmc import mrmc
 
     study = load_study(args.file, condition_column=args.condition_column)
-    print(json.dumps(_json_safe(mrmc(study, **mrmc_options(args, study)))))
+    print(json.dumps(json_safe(mrmc(study, **mrmc_options(args, study)))))
     return 0
 
 
