@@ -205,6 +205,16 @@ class DemoICLConfig:
 
 
 @dataclass
+class DemoReadersConfig:
+    """The demo's reader-study stage: simulated readers of three experience levels read `n_cases` test images
+    unaided and aided by the probe stage's predictions (malignant vs benign), analysed as `readers report`."""
+
+    enabled: bool = True
+    n_readers: int = 9
+    n_cases: int = 200
+
+
+@dataclass
 class DemoConfig:
     """`panderm demo`: the end-to-end tour on the embedded synthetic data."""
 
@@ -220,6 +230,7 @@ class DemoConfig:
     segment: DemoSegmentConfig = field(default_factory=lambda: DemoSegmentConfig())
     vqa: DemoVQAConfig = field(default_factory=DemoVQAConfig)
     icl: DemoICLConfig = field(default_factory=DemoICLConfig)
+    readers: DemoReadersConfig = field(default_factory=DemoReadersConfig)
 
 
 @dataclass

@@ -113,6 +113,7 @@ STAGES: list[tuple[str, str]] = [
     ("segment", "probes.seg_demo_stage:segment_stage"),
     ("vqa", "panderm.mllm.demo_stage:vqa_stage"),
     ("icl", "panderm.mllm.icl.demo_stage:icl_stage"),
+    ("readers", "readers.demo_stage:readers_stage"),
 ]
 
 

@@ -102,6 +102,17 @@ def check_report(run_dir):
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] == pytest.approx((t2r["iou"] > 0.5).mean())
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] > 0.4  # 0.62 with the demo's UNETR
     check_icl_stage(run_dir, report, metrics)
+    check_readers_stage(run_dir, report, metrics)
+
+
+def check_readers_stage(run_dir, report, metrics):
+    """Simulated readers aided by the demo-pretrained linear probe's P(malignant), analysed with MRMC."""
+    assert "## Reader study" in report and "readers/figures/roc_readers.png" in report
+    saved = json.loads((run_dir / "readers" / "metrics.json").read_text())
+    assert metrics["readers"]["auc"] == saved["mrmc"]["condition_means"]
+    assert saved["mrmc"]["n_readers"] == 9 and saved["mrmc"]["n_cases"] == 200
+    assert 0 <= metrics["readers"]["rrrc"]["p"] <= 1
+    assert "demo-pretrained-linear_sweep" in report
 
 
 def check_icl_stage(run_dir, report, metrics):
