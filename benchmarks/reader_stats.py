@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from readers.auc import bootstrap_foms, delong_cov
+from readers.auc import bootstrap_foms, bootstrap_indices, delong_cov
 from readers.mrmc import mrmc, or_analysis
 from readers.simulate import roe_metz, roe_metz_study
 
@@ -93,11 +93,8 @@ def compare_bootstrap(args: argparse.Namespace) -> None:
 
     def loop() -> np.ndarray:
         # The same stratified resample indices bootstrap_foms draws (negatives, then positives).
-        rng = np.random.default_rng(args.seed)
         n = x.shape[-1]
-        idx = np.concatenate(
-            [rng.integers(0, n0, (args.n_boot, n0)), rng.integers(n0, n, (args.n_boot, n - n0))], axis=1
-        )
+        idx = bootstrap_indices(np.arange(n) >= n0, args.n_boot, args.seed)
         y = np.r_[np.zeros(n0), np.ones(n - n0)]
         out = np.empty((args.n_boot, *x.shape[:-1]))
         for b in range(args.n_boot):

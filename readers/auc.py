@@ -106,6 +106,22 @@ def delong_cov(x: np.ndarray, n0: int) -> np.ndarray:
     )
 
 
+def bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Case indices of `n_boot` bootstrap samples, drawn with replacement within each stratum (sorted stratum
+    values, one ``rng.integers`` call each); shape (n_boot, n_cases), each row keeps the stratum sizes."""
+    if n_boot < 2:
+        raise ConfigError(f"n_boot: need at least 2 bootstrap samples, got {n_boot}")
+    # Not scipy.stats.bootstrap: it resamples each sample alone, while here cases are shared by every
+    # reader and condition and resampled within truth strata.
+    rng = np.random.default_rng(seed)
+    strata = np.asarray(strata)
+    blocks = []
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        blocks.append(members[rng.integers(0, len(members), (n_boot, len(members)))])
+    return np.concatenate(blocks, axis=1)
+
+
 def bootstrap_foms(
     x: np.ndarray,
     n0: int,
@@ -116,11 +132,8 @@ def bootstrap_foms(
     chunk_elems: int = 20_000_000,
 ) -> np.ndarray:
     """FOMs on ``n_boot`` case bootstrap samples drawn within truth strata; shape (n_boot, *x.shape[:-1])."""
-    if n_boot < 2:
-        raise ConfigError(f"n_boot: need at least 2 bootstrap samples, got {n_boot}")
-    rng = np.random.default_rng(seed)
     n = x.shape[-1]
-    idx = np.concatenate([rng.integers(0, n0, (n_boot, n0)), rng.integers(n0, n, (n_boot, n - n0))], axis=1)
+    idx = bootstrap_indices(np.arange(n) >= n0, n_boot, seed)
     flat = x.reshape(-1, n)
     step = max(1, chunk_elems // max(1, flat.size))
     out = np.empty((n_boot, flat.shape[0]))

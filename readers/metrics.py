@@ -18,6 +18,7 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from panderm.errors import ConfigError, DataError
+from readers.auc import bootstrap_indices
 from readers.schema import ReaderStudy, conditions_pair
 
 log = logging.getLogger(__name__)
@@ -132,22 +133,6 @@ def _matrix(study: ReaderStudy, values: pd.Series) -> tuple[pd.MultiIndex, np.nd
     mat = frame.set_index(["reader", "condition", "case"])["_v"].unstack("case")
     groups = pd.MultiIndex.from_frame(frame[["reader", "condition"]].drop_duplicates())
     return groups, mat.reindex(index=groups, columns=study.cases).to_numpy(dtype=float)
-
-
-def bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Case indices of `n_boot` bootstrap samples, drawn with replacement within each stratum (sorted stratum
-    values, one ``rng.integers`` call each); shape (n_boot, n_cases), each row keeps the stratum sizes."""
-    if n_boot < 2:
-        raise ConfigError(f"n_boot: need at least 2 bootstrap samples, got {n_boot}")
-    # Not scipy.stats.bootstrap: it resamples each sample alone, while here cases are shared by every
-    # reader and condition and resampled within truth strata (as readers.auc.bootstrap_foms does).
-    rng = np.random.default_rng(seed)
-    strata = np.asarray(strata)
-    blocks = []
-    for s in pd.unique(np.sort(strata)):
-        members = np.flatnonzero(strata == s)
-        blocks.append(members[rng.integers(0, len(members), (n_boot, len(members)))])
-    return np.concatenate(blocks, axis=1)
 
 
 def bootstrap_means(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -304,7 +289,6 @@ def answer_changes(
 __all__: Sequence[str] = (
     "METRICS",
     "answer_changes",
-    "bootstrap_indices",
     "bootstrap_means",
     "calls",
     "correct",

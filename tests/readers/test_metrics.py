@@ -11,12 +11,8 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, recall_score
 
 from panderm.errors import ConfigError, DataError
-from readers.metrics import (
-    answer_changes,
-    bootstrap_indices,
-    bootstrap_means,
-    reader_metrics,
-)
+from readers.auc import bootstrap_indices
+from readers.metrics import answer_changes, bootstrap_means, reader_metrics
 from readers.schema import ReaderStudy, load_study
 from tests.conftest import shared_path
 
