@@ -65,6 +65,7 @@ def plot_paired_slopes(
     """One line per reader joining its `value` in each condition (columns reader, condition, `value`)."""
     _need(per_reader, ("reader", "condition", value), "paired slopes")
     wide = per_reader.pivot(index="reader", columns="condition", values=value)
+    wide = wide[list(dict.fromkeys(per_reader["condition"]))]  # conditions in the table's order, not sorted
     fig = Figure(figsize=(3.6 + 0.4 * len(wide.columns), 4.0), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(wide.columns))

@@ -33,15 +33,15 @@ class ReaderStudy:
 
     @property
     def readers(self) -> list:
-        return list(pd.unique(self.data["reader"]))
+        return _plain_values(self.data["reader"])
 
     @property
     def conditions(self) -> list:
-        return list(pd.unique(self.data["condition"]))
+        return _plain_values(self.data["condition"])
 
     @property
     def cases(self) -> list:
-        return list(pd.unique(self.data["case"]))
+        return _plain_values(self.data["case"])
 
     @property
     def truth(self) -> pd.Series:
@@ -71,6 +71,11 @@ class ReaderStudy:
         frame = self.data if condition is None else self.data[self.data["condition"] == condition]
         columns = "reader" if condition is not None else ["condition", "reader"]
         return frame.pivot(index="case", columns=columns, values=value)
+
+
+def _plain_values(column: pd.Series) -> list:
+    """Unique values in order of appearance, numpy scalars as Python ones (clean reprs, JSON-ready)."""
+    return [v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)]
 
 
 def _rows(mask: pd.Series | np.ndarray) -> str:
