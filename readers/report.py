@@ -105,6 +105,9 @@ def write_report(
         raise DataError(f"{study.source}: a report compares two conditions; found {conditions}")
     before = conditions[0] if before is None else before
     after = conditions[1] if after is None else after
+    if not mrmc_options.get("conditions"):  # MRMC differences then read `before` - `after`
+        rest = [c for c in study.conditions if c not in (before, after)]
+        mrmc_options = {**mrmc_options, "conditions": [before, after, *rest]}
     threshold, positive = mrmc_options.get("threshold"), mrmc_options.get("positive")
     report = Report(title or f"Reader study: {Path(study.source).name}")
     metrics: dict[str, Any] = {"source": study.source, "before": before, "after": after}

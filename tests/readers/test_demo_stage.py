@@ -16,6 +16,8 @@ from panderm.cli import main
 from panderm.config import DemoConfig
 from panderm.report import Report
 from readers.demo_stage import readers_stage
+from readers.report import write_report
+from readers.schema import load_study
 from tests.conftest import shared_path
 
 CLASSES = ["nevus", "melanoma", "seborrheic_keratosis", "bcc"]
@@ -90,3 +92,14 @@ def test_report_command_on_franken(tmp_path, capsys):
     assert set(per_reader["metric"]) >= {"accuracy", "sensitivity", "specificity"}
     report = (out / "report.md").read_text()
     assert "## MRMC analysis" in report and "figures/fom_slopes.png" in report
+
+
+@pytest.mark.shared_data
+def test_report_compares_before_minus_after_in_mrmc(tmp_path):
+    study = load_study(shared_path("reader_franken", "franken_long.csv"))
+    write_report(study, tmp_path / "r", before=1, after=0)
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    diff = saved["mrmc"]["rrrc"]["differences"][0]
+    assert diff["conditions"] == [1, 0] and diff["difference"] == pytest.approx(-0.01085482, abs=5e-9)
+    assert (saved["before"], saved["after"]) == (1, 0)
+    assert "Per-reader metrics" in saved["skipped"]  # ratings only and no threshold: no correctness
