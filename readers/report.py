@@ -142,7 +142,10 @@ def write_report(
         f"Condition differences of mean {fom_name} ({result['covariance']})",
     )
     figure(
-        plot_paired_slopes(foms, out / "figures" / "fom_slopes.png", value="fom"), f"{fom_name} per reader"
+        plot_paired_slopes(
+            foms.rename(columns={"fom": fom_name}), out / "figures" / "fom_slopes.png", value=fom_name
+        ),
+        f"{fom_name} per reader",
     )
 
     experience = "experience" in study.attribute_columns
