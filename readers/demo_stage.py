@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from readers.report import write_report
 from readers.simulate import roe_metz_study, simulate_ai_assisted
@@ -53,18 +54,20 @@ def readers_stage(ctx: Any) -> None:
             cases=list(truth.index),
         )
         ai_score = pd.Series(score.to_numpy(), index=truth.index)
+        ai_auc = float(roc_auc_score(truth.to_numpy(), score.to_numpy()))
         ctx.report.text(
             f"{stage.n_readers} simulated readers (junior, senior, expert) read {len(truth)} test images of "
             f"`{ctx.cfg.data.name}` (malignant = {', '.join(MALIGNANT)}), unaided and then aided by the "
-            f"probe `{run}` (its P(malignant)); less experienced readers rely more on the AI "
-            "(`readers.simulate.simulate_ai_assisted`). Full analysis: `readers/report.md`."
+            f"probe `{run}` (its P(malignant); AUC {ai_auc:.3f} alone); less experienced readers rely more "
+            "on the AI (`readers.simulate.simulate_ai_assisted`), so an AI weaker than the readers can lower "
+            "their accuracy. Full analysis: `readers/report.md`."
         )
     else:
         n_neg = stage.n_cases // 2
         study = roe_metz_study(
             stage.n_readers, n_neg, stage.n_cases - n_neg, delta=[1.2, 1.6], seed=ctx.cfg.seed
         )
-        ai_score = None
+        ai_score, ai_auc = None, None
         ctx.report.text(
             "No probe predictions with malignant and benign classes: a Roe-Metz study (separation 1.2 "
             "unaided, 1.6 aided) stands in for the AI-aided one. Full analysis: `readers/report.md`."
@@ -78,6 +81,7 @@ def readers_stage(ctx: Any) -> None:
     means = result["mrmc"]["condition_means"]
     ctx.metrics["readers"] = {
         "auc": means,
+        "ai_auc": ai_auc,
         "rrrc": {k: rrrc[k] for k in ("value", "df1", "df2", "p")},
         "auc_gain": -diff["difference"],
         "auc_gain_ci95": sorted(-v for v in diff["ci95"]),
@@ -86,6 +90,7 @@ def readers_stage(ctx: Any) -> None:
     }
     accuracy = ctx.metrics["readers"]["accuracy"]
     row = {
+        "AI alone AUC": ai_auc,
         "mean AUC unaided": means["unaided"],
         "mean AUC aided": means["ai_aided"],
         "gain [95% CI]": f"{-diff['difference']:.3f} [{-diff['ci95'][1]:.3f}, {-diff['ci95'][0]:.3f}]",

@@ -59,7 +59,10 @@ def test_readers_stage_on_probe_predictions(tmp_path):
     first = str(r1["reader"].iloc[0])
     assert saved["mrmc"]["fom"]["unaided"][first] == pytest.approx(roc_auc_score(r1["truth"], r1["rating"]))
     readers = ctx.metrics["readers"]
-    assert readers["auc"]["ai_aided"] > readers["auc"]["unaided"]  # a good AI (AUC ~0.9) helps
+    scored = table.set_index("filename").loc[study["case"].unique()]
+    p_malignant = scored["probability_class_1"] + scored["probability_class_3"]
+    assert readers["ai_auc"] == pytest.approx(roc_auc_score(truth, p_malignant)) and readers["ai_auc"] > 0.85
+    assert readers["auc"]["ai_aided"] > readers["auc"]["unaided"]  # a good AI helps
     assert readers["auc_gain"] == pytest.approx(readers["auc"]["ai_aided"] - readers["auc"]["unaided"])
     assert readers["rrrc"]["p"] == saved["mrmc"]["rrrc"]["p"]
     report = ctx.report.markdown()
