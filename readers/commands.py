@@ -49,6 +49,6 @@ def report_command(args: argparse.Namespace) -> int:
     from readers.report import write_report
 
     study = load_study(args.file, condition_column=args.condition_column)
-    md = write_report(study, args.out, before=args.before, after=args.after, **mrmc_options(args, study))
+    md, _ = write_report(study, args.out, before=args.before, after=args.after, **mrmc_options(args, study))
     print(f"report: {md}")
     return 0

@@ -4,7 +4,6 @@ analysed with `readers.report.write_report` (MRMC, paired tests, answer changes,
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -74,8 +73,9 @@ def readers_stage(ctx: Any) -> None:
         )
     out = ctx.run_dir / "readers"
     study.data.to_csv(out.with_suffix(".csv"), index=False)
-    write_report(study, out, before="unaided", after="ai_aided", ai_score=ai_score, seed=ctx.cfg.seed)
-    result = json.loads((out / "metrics.json").read_text())
+    _, result = write_report(
+        study, out, before="unaided", after="ai_aided", ai_score=ai_score, seed=ctx.cfg.seed
+    )
     rrrc = result["mrmc"]["rrrc"]
     diff = rrrc["differences"][0]
     means = result["mrmc"]["condition_means"]

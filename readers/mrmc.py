@@ -118,19 +118,20 @@ def fom_covariance(
     cov: str = "jackknife",
     n_boot: int = 2000,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """FOMs of shape (conditions, readers) and their error covariance over cases, (C*R, C*R) in C order."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """FOMs of shape (conditions, readers), their error covariance over cases, (C*R, C*R) in C order, and
+    with the jackknife its leave-one-case-out FOMs (shape ``x.shape``; DBM's input), else None."""
     if cov not in COV_METHODS:
         raise ConfigError(f"cov: unknown covariance method {cov!r}; expected one of {COV_METHODS}")
     if cov == "delong" and fom != "auc":
         raise ConfigError(f"cov: DeLong's method is for fom='auc' only, not {fom!r}")
     if cov == "jackknife":
         foms, loo = fom_and_jackknife(x, n0, fom, threshold)
-        return foms, jackknife_cov(loo)
+        return foms, jackknife_cov(loo), loo
     foms = fom_values(x, n0, fom, threshold)
     if cov == "delong":
-        return foms, delong_cov(x, n0)
-    return foms, bootstrap_cov(x, n0, fom, threshold, n_boot=n_boot, seed=seed)
+        return foms, delong_cov(x, n0), None
+    return foms, bootstrap_cov(x, n0, fom, threshold, n_boot=n_boot, seed=seed), None
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def or_analysis(
     readers = list(range(r)) if readers is None else [_plain(c) for c in readers]
     oc = or_components(cov, t, r)
     ms_t, ms_r, ms_tr = map(float, mean_squares(foms))
-    ms_r_i = ((foms - foms.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / (r - 1)  # per condition
+    ms_r_i = mean_squares(foms[:, None, :])[1]  # MS_R of each condition alone
     means = foms.mean(axis=1)
     var_tr = ms_tr - oc.var_error + oc.cov1 + oc.cov2 - oc.cov3 if t > 1 else 0.0
     var_r = (ms_r - var_tr - oc.var_error - (t - 1) * oc.cov1 + oc.cov2 + (t - 1) * oc.cov3) / t
@@ -441,7 +442,7 @@ def mrmc(
     """OR analysis of a reader study (JSON-ready dict), with DBM as a cross-check when `dbm` and the
     covariance is the jackknife. See `study_array` for how each FOM is read from the table."""
     arr, cut = study_array(study, fom, threshold=threshold, positive=positive, conditions=conditions)
-    foms, c = fom_covariance(arr.x, arr.n0, fom, threshold=cut, cov=cov, n_boot=n_boot, seed=seed)
+    foms, c, loo = fom_covariance(arr.x, arr.n0, fom, threshold=cut, cov=cov, n_boot=n_boot, seed=seed)
     out = {
         "source": study.source,
         "fom_name": fom,
@@ -455,7 +456,6 @@ def mrmc(
     }
     if cov == "bootstrap":
         out["n_boot"], out["seed"] = n_boot, seed
-    if dbm and cov == "jackknife" and len(arr.conditions) > 1:
-        _, loo = fom_and_jackknife(arr.x, arr.n0, fom, cut)
+    if dbm and loo is not None and len(arr.conditions) > 1:
         out["dbm"] = dbm_analysis(loo, foms)
     return out

@@ -19,7 +19,7 @@ from scipy import stats
 from panderm.errors import ConfigError
 from readers.auc import fom_and_jackknife
 from readers.mrmc import error_terms, mean_squares
-from readers.simulate import RoeMetzComponents, roe_metz
+from readers.simulate import RoeMetzComponents, positive_int, roe_metz
 
 Analysis = Literal["rrrc", "frrc", "rrfc"]
 ANALYSES: tuple[str, ...] = ("rrrc", "frrc", "rrfc")
@@ -65,20 +65,14 @@ def or_pvalues(foms: np.ndarray, loo: np.ndarray, analysis: str = "rrrc") -> np.
         return stats.chi2.sf(df1 * ms_t / den_f, df1)
 
 
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _sizes(n_cases: int | None, n_negative: int | None, n_positive: int | None, prevalence: float) -> tuple:
     if n_cases is not None and (n_negative is not None or n_positive is not None):
         raise ConfigError("n_cases: give either n_cases (with prevalence) or n_negative and n_positive")
     if n_cases is None:
         if n_negative is None or n_positive is None:
             raise ConfigError("n_cases: give n_cases, or both n_negative and n_positive")
-        return _count("n_negative", n_negative, 2), _count("n_positive", n_positive, 2)
-    n_cases = _count("n_cases", n_cases, 4)
+        return positive_int("n_negative", n_negative, 2), positive_int("n_positive", n_positive, 2)
+    n_cases = positive_int("n_cases", n_cases, 4)
     if not 0 < prevalence < 1:
         raise ConfigError(f"prevalence: must be in (0, 1), got {prevalence!r}")
     n_positive = round(n_cases * prevalence)
@@ -109,9 +103,9 @@ def power(
     `RoeMetzComponents()`), `analysis` one of rrrc, frrc, rrfc. A failed test (e.g. zero variance) counts as
     no rejection. The Monte Carlo SE is sqrt(p (1 - p) / n_sims). Raises `ConfigError` naming a bad argument.
     """
-    n_readers = _count("n_readers", n_readers, 2)
+    n_readers = positive_int("n_readers", n_readers, 2)
     n0, n1 = _sizes(n_cases, n_negative, n_positive, prevalence)
-    n_sims = _count("n_sims", n_sims, 1)
+    n_sims = positive_int("n_sims", n_sims, 1)
     if np.ndim(delta) != 1 or len(delta) < 2:
         raise ConfigError(f"delta: the test compares conditions; give at least 2 separations, got {delta!r}")
     if not 0 < alpha < 1:

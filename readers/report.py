@@ -5,7 +5,6 @@ responses, the mixed model without an experience column) are skipped with a line
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from panderm.errors import DataError, PandermError
-from panderm.io import atomic_write_text
+from panderm.io import atomic_write_json
 from panderm.report import Report
 from readers.metrics import answer_changes, reader_metrics
 from readers.mixed import mixed_model
@@ -92,11 +91,12 @@ def write_report(
     ai_score: pd.Series | None = None,
     title: str | None = None,
     **mrmc_options: Any,
-) -> Path:
+) -> tuple[Path, dict]:
     """Analyse `study` into `out` (tables/*.csv, figures/*.png, metrics.json, report.md/html); returns the
-    report.md path. `before`/`after` default to the first two conditions; `ai_score` (per case, larger = more
-    likely positive) draws the AI's ROC curve with the readers' operating points. `mrmc_options` go to
-    `readers.mrmc.mrmc` (fom, cov, threshold, positive, conditions, n_boot, seed)."""
+    report.md path and the metrics as written. `before`/`after` default to the first two conditions;
+    `ai_score` (per case, larger = more likely positive) draws the AI's ROC curve with the readers'
+    operating points. `mrmc_options` go to `readers.mrmc.mrmc` (fom, cov, threshold, positive, conditions,
+    n_boot, seed)."""
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -251,6 +251,7 @@ def write_report(
         table(fit.fixed_effects, "mixed_fixed_effects", "Fixed effects")
         table(fit.variance_components, "mixed_variance_components", "Random-intercept SDs (logit scale)")
 
-    atomic_write_text(out / "metrics.json", json.dumps(json_safe(metrics), indent=1) + "\n")
+    metrics = json_safe(metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     md, _ = report.write(out)
-    return md
+    return md, metrics

@@ -96,7 +96,8 @@ class RoeMetzComponents:
         return self.case_level + self.var_r + self.var_tr
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+def positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """`value` as an int, or `ConfigError` naming `name` unless it is an integer >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -167,10 +168,10 @@ def roe_metz(
     readers, cases) with the `n_negative` truth-0 cases first, or (n_sims, conditions, readers, cases) when
     `n_sims` is given (many independent studies at once). Raises `ConfigError` naming a bad argument.
     """
-    n_readers = _positive_int("n_readers", n_readers)
-    n_negative = _positive_int("n_negative", n_negative)
-    n_positive = _positive_int("n_positive", n_positive)
-    sims = 1 if n_sims is None else _positive_int("n_sims", n_sims)
+    n_readers = positive_int("n_readers", n_readers)
+    n_negative = positive_int("n_negative", n_negative)
+    n_positive = positive_int("n_positive", n_positive)
+    sims = 1 if n_sims is None else positive_int("n_sims", n_sims)
     d = _check_delta(delta)
     comp = _check_components(RoeMetzComponents() if components is None else components)
     x, _ = _draw(_rng(seed), sims, n_readers, n_negative, n_positive, d, comp)
@@ -242,9 +243,9 @@ def roe_metz_study(
     of their reader effects), the least skilled labelled with the first of `experience_levels`. Same seed,
     same study as `roe_metz(..., seed=seed)`. Raises `ConfigError` naming a bad argument.
     """
-    n_readers = _positive_int("n_readers", n_readers)
-    n_negative = _positive_int("n_negative", n_negative)
-    n_positive = _positive_int("n_positive", n_positive)
+    n_readers = positive_int("n_readers", n_readers)
+    n_negative = positive_int("n_negative", n_negative)
+    n_positive = positive_int("n_positive", n_positive)
     d = _check_delta(delta)
     names = _condition_names(conditions, d.size)
     comp = _check_components(RoeMetzComponents() if components is None else components)
@@ -364,7 +365,7 @@ def simulate_ai_assisted(
         raise ConfigError(
             f"ai_score: need one finite score per case ({y.size}), got shape {np.shape(ai_score)}"
         )
-    n_readers = _positive_int("n_readers", n_readers)
+    n_readers = positive_int("n_readers", n_readers)
     case_ids = [f"c{k + 1:04d}" for k in range(y.size)] if cases is None else list(cases)
     if len(case_ids) != y.size or len(set(case_ids)) != y.size:
         raise ConfigError(f"cases: need {y.size} distinct case ids, got {len(case_ids)}")

@@ -243,13 +243,13 @@ def test_bootstrap_is_vectorised_stratified_resampling():
 
 def test_rrfc_is_a_paired_t_test_and_repeated_measures_anova():
     x, n0 = simulated(t=2, r=6), 30
-    foms, cov = fom_covariance(x, n0)
+    foms, cov, _ = fom_covariance(x, n0)
     out = or_analysis(foms, cov)
     t = stats.ttest_rel(foms[0], foms[1])
     assert out["rrfc"]["value"] == pytest.approx(t.statistic**2)
     assert out["rrfc"]["p"] == pytest.approx(t.pvalue)
     x3 = simulated(t=3, r=6)
-    foms3, cov3 = fom_covariance(x3, n0)
+    foms3, cov3, _ = fom_covariance(x3, n0)
     out3 = or_analysis(foms3, cov3)
     long = pd.DataFrame(
         [{"reader": j, "cond": i, "fom": foms3[i, j]} for i, j in product(range(3), range(6))]
