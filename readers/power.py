@@ -19,7 +19,7 @@ from scipy import stats
 from panderm.errors import ConfigError
 from readers.auc import fom_and_jackknife
 from readers.mrmc import error_terms, mean_squares
-from readers.simulate import RoeMetzComponents, positive_int, roe_metz
+from readers.simulate import RoeMetzComponents, as_generator, positive_int, roe_metz
 
 Analysis = Literal["rrrc", "frrc", "rrfc"]
 ANALYSES: tuple[str, ...] = ("rrrc", "frrc", "rrfc")
@@ -112,9 +112,7 @@ def power(
         raise ConfigError(f"alpha: must be in (0, 1), got {alpha!r}")
     if analysis not in ANALYSES:
         raise ConfigError(f"analysis: expected one of {ANALYSES}, got {analysis!r}")
-    if seed is not None and not isinstance(seed, int | np.integer | np.random.Generator):
-        raise ConfigError(f"seed: expected an int or a numpy Generator, got {seed!r}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = as_generator(seed)
     step = max(1, _CHUNK_ELEMENTS // (len(delta) * n_readers * (n0 + n1)))
     rejected = 0
     for start in range(0, n_sims, step):

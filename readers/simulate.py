@@ -119,10 +119,24 @@ def _check_components(components: object) -> RoeMetzComponents:
     return components
 
 
-def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+def as_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from an int seed (or None), or `seed` itself; `ConfigError` for anything else."""
     if seed is not None and not isinstance(seed, int | np.integer | np.random.Generator):
         raise ConfigError(f"seed: expected an int or a numpy Generator, got {seed!r}")
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def _design(
+    n_readers: object, n_negative: object, n_positive: object, delta: object, components: object
+) -> tuple[int, int, int, np.ndarray, RoeMetzComponents]:
+    """The checked arguments of a Roe & Metz study (components default to `RoeMetzComponents()`)."""
+    return (
+        positive_int("n_readers", n_readers),
+        positive_int("n_negative", n_negative),
+        positive_int("n_positive", n_positive),
+        _check_delta(delta),
+        _check_components(RoeMetzComponents() if components is None else components),
+    )
 
 
 def _draw(
@@ -168,13 +182,8 @@ def roe_metz(
     readers, cases) with the `n_negative` truth-0 cases first, or (n_sims, conditions, readers, cases) when
     `n_sims` is given (many independent studies at once). Raises `ConfigError` naming a bad argument.
     """
-    n_readers = positive_int("n_readers", n_readers)
-    n_negative = positive_int("n_negative", n_negative)
-    n_positive = positive_int("n_positive", n_positive)
     sims = 1 if n_sims is None else positive_int("n_sims", n_sims)
-    d = _check_delta(delta)
-    comp = _check_components(RoeMetzComponents() if components is None else components)
-    x, _ = _draw(_rng(seed), sims, n_readers, n_negative, n_positive, d, comp)
+    x, _ = _draw(as_generator(seed), sims, *_design(n_readers, n_negative, n_positive, delta, components))
     return x[0] if n_sims is None else x
 
 
@@ -243,19 +252,15 @@ def roe_metz_study(
     of their reader effects), the least skilled labelled with the first of `experience_levels`. Same seed,
     same study as `roe_metz(..., seed=seed)`. Raises `ConfigError` naming a bad argument.
     """
-    n_readers = positive_int("n_readers", n_readers)
-    n_negative = positive_int("n_negative", n_negative)
-    n_positive = positive_int("n_positive", n_positive)
-    d = _check_delta(delta)
+    n_readers, n_negative, n_positive, d, comp = _design(n_readers, n_negative, n_positive, delta, components)
     names = _condition_names(conditions, d.size)
-    comp = _check_components(RoeMetzComponents() if components is None else components)
     if (
         isinstance(experience_levels, str)
         or not experience_levels
         or len(set(experience_levels)) != len(experience_levels)
     ):
         raise ConfigError(f"experience_levels: need distinct level names, got {experience_levels!r}")
-    x, shift = _draw(_rng(seed), 1, n_readers, n_negative, n_positive, d, comp)
+    x, shift = _draw(as_generator(seed), 1, n_readers, n_negative, n_positive, d, comp)
     x, shift = x[0], shift[0]
     readers = [f"R{j + 1:02d}" for j in range(n_readers)]
     n = n_negative + n_positive
@@ -387,7 +392,7 @@ def simulate_ai_assisted(
     z = _ai_on_reader_scale(y, score, ai_scale)
     d_ai = z[y == 1].mean()
 
-    rng = _rng(seed)
+    rng = as_generator(seed)
     n, r = y.size, n_readers
     level = [levels[j % len(levels)] for j in range(r)]
     skill = np.maximum(np.array([lv.skill for lv in level]) + skill_sd * rng.standard_normal(r), 0.0)
