@@ -101,12 +101,19 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with warmup-cosine per step; layer-wise lr decay when `layer_decay` is set."""
+    """AdamW with warmup-cosine per step; layer-wise lr decay when `layer_decay` is set.
 
-    lr: float = 1.5e-3
+    The learning rate scales with the global batch (`base_lr` per 256 images, summed over devices and
+    nodes) unless `lr` gives it outright; warm-up lasts `warmup_fraction` of the run unless `warmup_steps`
+    gives it in steps. The defaults are the default objective's recipe (configs/objective/*.yaml hold the
+    others')."""
+
+    lr: float | None = None
+    base_lr: float = 1e-3
     weight_decay: float = 0.05
     layer_decay: float | None = None
-    warmup_steps: int = 20
+    warmup_steps: int | None = None
+    warmup_fraction: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = 3.0
     probe_lr: float = 1e-2
@@ -120,6 +127,11 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # Only with strategy=fsdp (panderm.pretrain.strategy): how FSDP shards (FULL_SHARD, SHARD_GRAD_OP,
+    # NO_SHARD, HYBRID_SHARD), and whether each transformer block's activations are recomputed in the backward
+    # pass instead of stored (use this or encoder.grad_checkpointing, not both).
+    sharding_strategy: str = "FULL_SHARD"
+    activation_checkpointing: bool = False
     precision: str = "32-true"
     max_epochs: int = 8
     max_steps: int = -1

@@ -3,7 +3,9 @@
 - `knn_proba` variant "dino": cosine similarity between L2-normalised features, the k most similar training
   rows vote with weight exp(sim / T) (T = 0.07, k = 20 by default), probabilities are the normalised class
   vote sums. Variant "uni": features are centred on the training mean, then L2-normalised, and the top-k
-  neighbours vote uniformly (probability = share of the k votes).
+  neighbours vote uniformly (probability = share of the k votes). With `balanced=True` (either variant) each
+  class's vote mass is divided by its frequency in the training set before normalising, so a majority class
+  no longer wins by sheer numbers among the neighbours.
 - `prototype_proba` (SimpleShot): centre on the training mean, L2-normalise, average each class into a
   prototype, and score a query by its Euclidean distance to each prototype.
 
@@ -173,6 +175,7 @@ def knn_proba(
     chunk_size: int | None = None,
     train_chunk_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    balanced: bool = False,
     allow_missing_classes: bool = False,
 ) -> np.ndarray:
     """kNN class probabilities (M, num_classes), numpy float64, for query features (M, D).
@@ -180,7 +183,9 @@ def knn_proba(
     Train features (N, D) with labels (N,) in [0, num_classes). "dino": neighbours vote with weight
     exp(similarity / temperature) (computed relative to each query's best similarity, which cancels in the
     normalisation); "uni": centred features, uniform votes (temperature unused). Probabilities are each
-    class's share of the vote; classes without training rows (only with `allow_missing_classes=True`) get 0.
+    class's share of the vote; with `balanced`, each class's vote sum is first divided by the class's share
+    of the training rows (votes reweighted by the inverse class prior). Classes without training rows (only
+    with `allow_missing_classes=True`) get 0.
     See `knn_search` for k, chunking and memory. Raises `ProbeError` on invalid input.
     """
     if variant == "dino" and not temperature > 0:
@@ -196,11 +201,14 @@ def knn_proba(
     # The (M, k) votes are tallied in numpy on the host: a handful of tiny ops that would each be a parallel
     # region (or a kernel launch) in torch, where a busy CPU makes every one of them wait for its threads.
     top = sims.cpu().numpy().astype(np.float64)
-    voters = labels.cpu().numpy()[idx.cpu().numpy()]
+    train_labels = labels.cpu().numpy()
+    voters = train_labels[idx.cpu().numpy()]
     weights = np.ones_like(top) if variant == "uni" else np.exp((top - top[:, :1]) / temperature)
     cells = (np.arange(len(top))[:, None] * num_classes + voters).ravel()
     votes = np.bincount(cells, weights=weights.ravel(), minlength=len(top) * num_classes)
     votes = votes.reshape(len(top), num_classes)
+    if balanced:  # dividing by counts rather than counts / N: the constant N cancels in the normalisation
+        votes /= np.maximum(np.bincount(train_labels, minlength=num_classes), 1)
     return votes / votes.sum(axis=1, keepdims=True)
 
 

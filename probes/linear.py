@@ -11,7 +11,8 @@ and return a `LinearProbe` whose `predict_proba` gives numpy float64 probabiliti
 - `fit_linear_sweep` ("linear_sweep" v1) standardises features with training statistics and minimises
   mean cross-entropy + ||W||^2 / (2 C N), which is scikit-learn's `LogisticRegression(C)` objective divided by
   N, so a fit at a given C matches scikit-learn's. C is picked on a log grid by a validation metric (a seeded,
-  stratified 20 % hold-out of train when no validation split is given), then refit on train + val. L-BFGS
+  stratified 20 % hold-out of train when no validation split is given; the grid is extended by up to three
+  decades past an end that wins), then refit on train + val. L-BFGS
   runs preconditioned by the eigendecomposition of the feature covariance (a change of variables with the
   same optimum), which cuts the iterations several-fold on correlated features.
 
@@ -477,6 +478,28 @@ def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     return fit_idx, hold_idx
 
 
+def _winning_edge(scores: Mapping[float, float]) -> Literal["lower", "upper"] | None:
+    """Which end of the C grid (`scores` maps C to its validation score) scores strictly better than every
+    other C, if either; None for an interior or tied best, or a grid of fewer than two values."""
+    cs = sorted(scores)
+    if len(cs) < 2:
+        return None
+    if scores[cs[-1]] > max(scores[c] for c in cs[:-1]):
+        return "upper"
+    if scores[cs[0]] > max(scores[c] for c in cs[1:]):
+        return "lower"
+    return None
+
+
+def _decade_beyond(grid: Sequence[float], edge: Literal["lower", "upper"]) -> list[float]:
+    """One decade of C values past `edge` of the ascending `grid`, ordered outwards, at the grid's spacing
+    at that end (rounded to a whole number of values per decade, at least one)."""
+    end, inner = (grid[-1], grid[-2]) if edge == "upper" else (grid[0], grid[1])
+    per_decade = max(1, round(1 / abs(math.log10(end / inner))))
+    sign = 1 if edge == "upper" else -1
+    return [end * 10.0 ** (sign * j / per_decade) for j in range(1, per_decade + 1)]
+
+
 def fit_linear_sweep(
     train_x: ArrayLike,
     train_y: ArrayLike,
@@ -493,6 +516,7 @@ def fit_linear_sweep(
     holdout: float = 0.2,
     seed: int = 0,
     default_c: float = 1.0,
+    extend_decades: int = 3,
     precondition: bool | None = None,
     allow_missing_classes: bool = False,
 ) -> LinearProbe:
@@ -504,8 +528,12 @@ def fit_linear_sweep(
     mean cross-entropy + ||W||^2 / (2 C N) — scikit-learn's `LogisticRegression(C)` objective divided by
     N — with full-batch float32 L-BFGS (stopping when the largest gradient entry is below `tol`, as
     scikit-learn's lbfgs does, or after `max_iter` iterations) and score the validation split by `metric`
-    ("balanced_accuracy", "accuracy" or "neg_log_loss"; ties go to the smaller C). Without `val_x`/`val_y`, a
-    stratified `holdout` fraction of train (seeded by `seed`) is the validation split, and the recipe says so;
+    ("balanced_accuracy", "accuracy" or "neg_log_loss"; ties go to the smaller C). When one end of the grid
+    scores strictly better than every other C, the sweep goes on a decade beyond it (at the grid's spacing
+    there, e.g. three values per decade for the default grid, warm-started outwards from that end), and again
+    while the new end stays the strict best, for at most `extend_decades` decades (0: never); an interior or
+    tied best leaves the grid as given. Without `val_x`/`val_y`, a stratified `holdout` fraction of train
+    (seeded by `seed`) is the validation split, and the recipe says so;
     when that leaves no validation rows (one sample per class), no sweep is run and `default_c` is used. With
     `refit`, the chosen C is refit on train + val (re-standardised); otherwise the selection fit is returned.
     A single grid value is a plain fit at that C (no selection) on train, plus val when `refit`.
@@ -514,9 +542,11 @@ def fit_linear_sweep(
     typically 3-6x fewer iterations on correlated features. None (default) turns it on when N >= D and
     D <= 2048, where the one-off N·D² covariance and D³ eigendecomposition cost less than the iterations they
     save; the gradient tolerance then applies in the whitened coordinates.
-    The recipe records the chosen C, the grid and its scores, the selection source, whether it was
-    preconditioned and the L-BFGS iterations and evaluations summed over every fit. Raises `ProbeError` on
-    invalid input.
+    The recipe records the chosen C, the grid visited and its scores (ascending C), `c_grid_bounds` (its
+    ends), `c_grid_extended` (decades added) and `c_at_grid_edge` (True when an end of the final grid is
+    still the strict best, so the optimum may lie beyond it; also logged as a warning), the selection source,
+    whether it was preconditioned and the L-BFGS iterations and evaluations summed over every fit. Raises
+    `ProbeError` on invalid input.
     """
     if (val_x is None) != (val_y is None):
         raise ProbeError("pass both val_x and val_y, or neither")
@@ -527,6 +557,8 @@ def fit_linear_sweep(
         raise ProbeError(f"c_grid must be non-empty positive finite values, got {list(grid)}")
     if not 0 < holdout < 1:
         raise ProbeError(f"holdout must be in (0, 1), got {holdout}")
+    if isinstance(extend_decades, bool) or not isinstance(extend_decades, int) or extend_decades < 0:
+        raise ProbeError(f"extend_decades must be an integer >= 0, got {extend_decades!r}")
     given = {"train": (train_x, train_y)}
     if val_x is not None:
         given["val"] = (val_x, val_y)
@@ -566,6 +598,7 @@ def fit_linear_sweep(
         return weight, bias, reg
 
     scores: list[float] = []
+    extended, at_edge = 0, False
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
     data: _Prepared | None = None
     if len(grid) == 1:
@@ -585,18 +618,45 @@ def fit_linear_sweep(
             selection = f"none (too few samples per class to hold out); default C={chosen:g}"
         else:
             data = prepare(fit_x, fit_y)
-            best_score, chosen, init = -math.inf, grid[0], None
             val_std = _standardise(val_x_t, data.mean, data.std)
-            for c in grid:
-                fitted = solve(data, c, init)
-                init = fitted[:2]
-                with torch.no_grad():
-                    z = F.linear(val_std, fitted[0], fitted[1])
-                    proba = _expand(torch.softmax(z.double(), dim=1), data.classes, num_classes)
-                score = score_proba(proba, val_y_t, metric)
-                scores.append(score)
-                if score > best_score:
-                    best, best_score, chosen = fitted, score, c
+            visited: dict[float, float] = {}
+            best_score, chosen = -math.inf, grid[0]
+
+            def visit(cs: Sequence[float], init: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+                """Fit and score each C in turn, warm-starting each fit from the previous one."""
+                nonlocal best, best_score, chosen
+                for c in cs:
+                    fitted = solve(data, c, init)
+                    init = fitted[:2]
+                    with torch.no_grad():
+                        z = F.linear(val_std, fitted[0], fitted[1])
+                        proba = _expand(torch.softmax(z.double(), dim=1), data.classes, num_classes)
+                    visited[c] = score = score_proba(proba, val_y_t, metric)
+                    if score > best_score or (score == best_score and c < chosen):  # ties: smaller C
+                        best, best_score, chosen = fitted, score, c
+
+            visit(grid, None)
+            edge = _winning_edge(visited)
+            while edge is not None and extended < extend_decades:
+                # the edge is the best fit so far: the next decade starts from it, outwards
+                assert best is not None
+                visit(_decade_beyond(sorted(visited), edge), best[:2])
+                extended += 1
+                edge = _winning_edge(visited)
+            grid, scores = sorted(visited), [visited[c] for c in sorted(visited)]
+            at_edge = edge is not None
+            if at_edge:
+                logger.warning(
+                    "linear_sweep: the best C=%g (%s %.4f) is at the %s end of the C grid [%g, %g] after %d "
+                    "extra decade(s); the optimum may lie beyond it (raise extend_decades or widen c_grid)",
+                    chosen,
+                    metric,
+                    best_score,
+                    edge,
+                    grid[0],
+                    grid[-1],
+                    extended,
+                )
             del val_std, fit_x, fit_y
     if refit or best is None:
         init = None
@@ -627,6 +687,9 @@ def fit_linear_sweep(
         "refit": bool(refit),
         "c_grid": grid,
         "scores": scores,
+        "c_grid_bounds": [grid[0], grid[-1]],
+        "c_grid_extended": extended,
+        "c_at_grid_edge": at_edge,
         "n_fit": len(data.x),
         "max_iter": max_iter,
         "tol": tol,

@@ -70,22 +70,33 @@ def train_transform(
     )
 
 
+# Colour for skin: brightness/contrast vary strongly (exposure and skin tone are nuisances the encoder should
+# ignore; an encoder trained without this learnt little beyond them), saturation mildly, hue barely (redness
+# and blue-grey structures are diagnostic, a large hue shift turns a vascular lesion into a blue naevus).
+SKIN_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.02)
+
+
 def ssl_view_transform(
     image_size: int = 224,
     *,
     scale: tuple[float, float] = (0.25, 1.0),
     blur_p: float = 0.5,
     solarize_p: float = 0.0,
+    grey_p: float = 0.1,
+    jitter: dict[str, float] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> A.Compose:
-    """One self-supervised view (BYOL/DINO-style): crop, flips, colour jitter, grey, blur, solarise."""
+    """One self-supervised view (BYOL/DINO-style): crop, flips, colour jitter (`SKIN_JITTER` by default),
+    grey, blur (sigma scaled with the image size), solarise."""
+    max_sigma = max(0.5, 2.0 * image_size / 224)
     return A.Compose(
         [
             *_crop_and_flip(image_size, scale),
-            A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
-            A.ToGray(p=0.2),
-            A.GaussianBlur(sigma_limit=(0.1, 2.0), p=blur_p),
+            A.RandomRotate90(),
+            A.ColorJitter(**(jitter or SKIN_JITTER), p=0.8),
+            A.ToGray(p=grey_p),
+            A.GaussianBlur(sigma_limit=(0.1, max_sigma), p=blur_p),
             A.Solarize(threshold_range=(0.5, 0.5), p=solarize_p),
             *_finish(mean, std),
         ]
@@ -93,23 +104,53 @@ def ssl_view_transform(
 
 
 class MultiView:
-    """Apply several independent view pipelines to one image; the sample gets `views` (a list of tensors)."""
+    """Apply several independent view pipelines to one image; the sample gets `views` (a list of tensors)
+    and, as `image`, the first view (so code reading one augmented image, e.g. an online probe, still can)."""
 
     def __init__(self, views: Sequence[A.Compose]) -> None:
         self.views = list(views)
 
     def __call__(self, **data: Any) -> dict[str, Any]:
-        return {"views": [view(image=data["image"])["image"] for view in self.views]}
+        views = [view(image=data["image"])["image"] for view in self.views]
+        return {"views": views, "image": views[0]}
 
 
 def ssl_two_views(image_size: int = 224, **kwargs: Any) -> MultiView:
     """The standard asymmetric pair of SSL views (second view: less blur, some solarisation)."""
-    return MultiView(
-        [
-            ssl_view_transform(image_size, blur_p=1.0, solarize_p=0.0, **kwargs),
-            ssl_view_transform(image_size, blur_p=0.1, solarize_p=0.2, **kwargs),
-        ]
-    )
+    return multi_crop(image_size, **kwargs)
+
+
+def multi_crop(
+    image_size: int = 224,
+    *,
+    global_crops: int = 2,
+    local_crops: int = 0,
+    local_size: int | None = None,
+    global_scale: tuple[float, float] = (0.25, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.25),
+    solarize_p: float = 0.2,
+    **kwargs: Any,
+) -> MultiView:
+    """DINO's multi-crop: `global_crops` views at `image_size` (the first always blurred, the second rarely
+    and sometimes solarised when `solarize_p`, further ones as the second) then `local_crops` small views at
+    `local_size` (default image_size // 2) from `local_scale` of the image. `kwargs` go to every view."""
+    if global_crops < 1 or local_crops < 0:
+        raise ValueError(
+            f"multi_crop needs global_crops >= 1 and local_crops >= 0, got {global_crops}, {local_crops}"
+        )
+    views = [
+        ssl_view_transform(
+            image_size,
+            scale=global_scale,
+            blur_p=1.0 if i == 0 else 0.1,
+            solarize_p=0.0 if i == 0 else solarize_p,
+            **kwargs,
+        )
+        for i in range(global_crops)
+    ]
+    small = local_size or image_size // 2
+    views += [ssl_view_transform(small, scale=local_scale, blur_p=0.5, **kwargs) for _ in range(local_crops)]
+    return MultiView(views)
 
 
 def segmentation_train_transform(

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -162,6 +163,28 @@ class Encoder(nn.Module):
                 kept.append(x)
         return self.vit.norm(x), kept
 
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens (B, N, D) of images of the encoder's size or any other multiple of the patch size
+        (e.g. DINO's small local crops), and their grid."""
+        h, w = x.shape[-2:]
+        if (h, w) == (self.spec.image_size, self.spec.image_size):
+            return self.vit.patch_embed(x), self.grid_size
+        p = self.spec.patch_size
+        if h % p or w % p:
+            raise ConfigError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        embed = self.vit.patch_embed  # strict about its own size, so its parts are called directly
+        return embed.norm(embed.proj(x).flatten(2).transpose(1, 2)), (h // p, w // p)
+
+    def _with_positions(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """CLS token prepended and position embeddings added, resampled (bicubic) for another grid."""
+        if grid == self.grid_size:
+            return self.vit._pos_embed(patches)
+        pos = resample_abs_pos_embed(
+            self.vit.pos_embed, new_size=list(grid), old_size=list(self.grid_size), num_prefix_tokens=1
+        )
+        cls = self.vit.cls_token.expand(patches.shape[0], -1, -1)
+        return self.vit.pos_drop(torch.cat([cls, patches], dim=1) + pos)
+
     def tokens(
         self,
         x: torch.Tensor,
@@ -172,6 +195,9 @@ class Encoder(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Token sequence after the final norm: (B, 1 + N, D), or (B, 1 + N_visible, D) with `mode="drop"`.
 
+        `x` is (B, 3, H, W) with H and W multiples of the patch size (position embeddings are resampled when
+        they differ from the encoder's image size).
+
         `mask` is (B, N) bool, True = masked, with equal counts per row. With `return_layers` also returns
         the (pre-norm) outputs of those blocks (0-based), e.g. for data2vec-style targets.
         """
@@ -180,10 +206,10 @@ class Encoder(nn.Module):
         if mask is not None:
             mask = mask.bool()
         keep = set(self._layer_indices(return_layers))
-        patches = self.vit.patch_embed(x)
+        patches, grid = self._embed(x)
         if mask is not None and mode == "replace":
             patches = torch.where(mask[..., None], self.mask_token.to(patches.dtype), patches)
-        seq = self.vit.norm_pre(self.vit._pos_embed(patches))
+        seq = self.vit.norm_pre(self._with_positions(patches, grid))
         if mask is not None and mode == "drop":
             prefix = self.vit.num_prefix_tokens
             counts = (~mask).sum(1)

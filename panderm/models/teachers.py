@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,11 @@ from panderm.errors import ConfigError
 from panderm.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
+
+TargetSource = Literal["block", "ffn"]
+TARGET_SOURCES = ("block", "ffn")
+TargetNorm = Literal["layer", "instance"]
+TARGET_NORMS = ("layer", "instance")
 
 
 def _autocast_dtype() -> torch.dtype:
@@ -228,30 +233,26 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: Encoder, momentum: float) -> None:
-        """In place: ``t = momentum * t + (1 - momentum) * s`` for every parameter; buffers are copied.
-
-        Raises `ConfigError` when the student's parameter names differ from the teacher's.
-        """
-        teacher_params = dict(self.encoder.named_parameters())
-        student_params = dict(student.named_parameters())
-        if teacher_params.keys() != student_params.keys():
-            diff = sorted(teacher_params.keys() ^ student_params.keys())
-            raise ConfigError(f"EMA teacher and student differ in parameters: {diff[:5]}")
-        names = list(teacher_params)
-        t = [teacher_params[n] for n in names]
-        s = [student_params[n].detach().to(teacher_params[n].dtype) for n in names]
-        # one fused kernel per op over all tensors instead of one launch per parameter
-        torch._foreach_mul_(t, momentum)
-        torch._foreach_add_(t, s, alpha=1.0 - momentum)
-        student_buffers = dict(student.named_buffers())
-        for name, buffer in self.encoder.named_buffers():
-            buffer.copy_(student_buffers[name])
+        """In place: ``t = momentum * t + (1 - momentum) * s`` for every parameter; buffers are copied."""
+        ema_update(self.encoder, student, momentum)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, layers: int | Sequence[int] = 1) -> Tensor:
-        """Targets (B, 1 + N, D) in fp32: average of the layer-normalised outputs of the chosen blocks.
+    def forward(
+        self,
+        images: Tensor,
+        layers: int | Sequence[int] = 1,
+        *,
+        source: TargetSource = "block",
+        norm: TargetNorm = "layer",
+        final_norm: bool = False,
+    ) -> Tensor:
+        """Targets (B, 1 + N, D) in fp32, averaged over the chosen blocks' outputs.
 
         `layers` is k (the last k blocks) or explicit 0-based block indices (negative count from the end).
+        `source` "block" takes each block's output (the residual stream, data2vec 1), "ffn" the output of its
+        MLP before the residual add (data2vec 2.0: less dominated by the input's projection). `norm` "layer"
+        normalises each token over channels, "instance" each channel over the tokens of an image (data2vec
+        2.0), both without affine parameters; `final_norm` layer-normalises the average once more.
         """
         depth = self.encoder.depth
         if isinstance(layers, int):
@@ -262,6 +263,46 @@ class EMATeacher(nn.Module):
             indices = list(range(depth - layers, depth))
         else:
             indices = sorted({i % depth for i in layers})
-        _, outputs = self.encoder.tokens(images, return_layers=indices)
-        normed = [F.layer_norm(h.float(), h.shape[-1:], eps=1e-6) for h in outputs]
-        return torch.stack(normed).mean(0)
+        if source not in TARGET_SOURCES or norm not in TARGET_NORMS:
+            raise ConfigError(
+                f"target source={source!r} / norm={norm!r}: expected one of {TARGET_SOURCES} / {TARGET_NORMS}"
+            )
+        if source == "block":
+            _, outputs = self.encoder.tokens(images, return_layers=indices)
+        else:
+            outputs = []
+            blocks = self.encoder.vit.blocks
+            hooks = [
+                blocks[i].mlp.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for i in indices
+            ]
+            try:
+                self.encoder.tokens(images)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        if norm == "layer":
+            normed = [F.layer_norm(h.float(), h.shape[-1:], eps=1e-6) for h in outputs]
+        else:
+            normed = [F.instance_norm(h.float().transpose(1, 2), eps=1e-6).transpose(1, 2) for h in outputs]
+        target = torch.stack(normed).mean(0)
+        return F.layer_norm(target, target.shape[-1:], eps=1e-6) if final_norm else target
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """In place: ``t = momentum * t + (1 - momentum) * s`` for every parameter of `teacher`, from the
+    parameter of the same name in `student`; buffers are copied. Raises `ConfigError` when names differ."""
+    teacher_params = dict(teacher.named_parameters())
+    student_params = dict(student.named_parameters())
+    if teacher_params.keys() != student_params.keys():
+        diff = sorted(teacher_params.keys() ^ student_params.keys())
+        raise ConfigError(f"EMA teacher and student differ in parameters: {diff[:5]}")
+    names = list(teacher_params)
+    t = [teacher_params[n] for n in names]
+    s = [student_params[n].detach().to(teacher_params[n].dtype) for n in names]
+    # one fused kernel per op over all tensors instead of one launch per parameter
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+    student_buffers = dict(student.named_buffers())
+    for name, buffer in teacher.named_buffers():
+        buffer.copy_(student_buffers[name])

@@ -21,7 +21,7 @@ from panderm.data.manifest import Manifest
 from panderm.data.sampling import SampleKey, sample_seed
 from panderm.data.shards import INDEX_NAME, ShardDataset, read_index
 from panderm.data.sources import SKIPPED_IMAGES
-from panderm.data.transforms import eval_transform, train_transform
+from panderm.data.transforms import MultiView, eval_transform, train_transform
 from panderm.errors import ConfigError, DataError
 from panderm.models.masking import MaskGenerator
 
@@ -37,19 +37,25 @@ def modality_weights(manifest: Manifest) -> np.ndarray:
     return (1.0 / counts.to_numpy(dtype=float)) * len(manifest) / modality.nunique()
 
 
-def add_token_mask(sample: dict[str, Any], masks: MaskGenerator, seed: int, epoch: int, index: int) -> None:
-    """Set `token_mask` ((N,) bool, True = masked) drawn from (seed + 1, epoch, index) alone, so the masks of
-    a sample do not depend on batch composition, process count, data source or resumption."""
+def add_token_mask(
+    sample: dict[str, Any], masks: MaskGenerator, seed: int, epoch: int, index: int, count: int = 1
+) -> None:
+    """Set `token_mask` ((N,) bool, True = masked; (count, N) for several views) drawn from (seed + 1, epoch,
+    index) alone, so the masks of a sample do not depend on batch composition, process count, data source or
+    resumption. `count` 0 sets nothing."""
+    if count < 1:
+        return
     # offset so the mask stream is not the augmentation stream of the same sample
     generator = torch.Generator().manual_seed(sample_seed(seed + 1, epoch, index))
-    sample["token_mask"] = masks(1, generator=generator)[0]
+    drawn = masks(count, generator=generator)
+    sample["token_mask"] = drawn[0] if count == 1 else drawn
 
 
 class MaskedDataset(Dataset):
     """Adds `token_mask` to each sample (see `add_token_mask`), drawn from (seed, epoch, row)."""
 
-    def __init__(self, dataset: ManifestDataset, masks: MaskGenerator, seed: int) -> None:
-        self.dataset, self.masks, self.seed = dataset, masks, seed
+    def __init__(self, dataset: ManifestDataset, masks: MaskGenerator, seed: int, count: int = 1) -> None:
+        self.dataset, self.masks, self.seed, self.count = dataset, masks, seed, count
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -58,7 +64,7 @@ class MaskedDataset(Dataset):
         sample = self.dataset[key]
         if sample is not None:
             epoch, i = key
-            add_token_mask(sample, self.masks, self.seed, epoch, i)
+            add_token_mask(sample, self.masks, self.seed, epoch, i, self.count)
         return sample
 
 
@@ -77,9 +83,12 @@ class _PretrainData(ResumableDataModule):
         crop_scale: tuple[float, float],
         on_bad_image: BadImagePolicy | str,
         seed: int,
+        views: MultiView | None = None,
+        num_masks: int = 1,
     ) -> None:
         super().__init__()
         self.masks = masks
+        self.views, self.num_masks = views, num_masks
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.crop_scale = crop_scale
         self.bad_image_log = Path(run_dir) / SKIPPED_IMAGES
@@ -97,8 +106,11 @@ class _PretrainData(ResumableDataModule):
         raise NotImplementedError
 
     def _transform(self, train: bool) -> Callable[..., dict[str, Any]]:
+        """Training: the method's views when it has them, else one augmented image; else evaluation."""
         size = self.image_size
-        return train_transform(size, scale=self.crop_scale) if train else eval_transform(size)
+        if not train:
+            return eval_transform(size)
+        return self.views if self.views is not None else train_transform(size, scale=self.crop_scale)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
@@ -129,6 +141,8 @@ class PretrainDataModule(_PretrainData):
         balance_modalities: bool = False,
         on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
         seed: int = 0,
+        views: MultiView | None = None,
+        num_masks: int = 1,
     ) -> None:
         super().__init__(
             run_dir,
@@ -139,6 +153,8 @@ class PretrainDataModule(_PretrainData):
             crop_scale=crop_scale,
             on_bad_image=on_bad_image,
             seed=seed,
+            views=views,
+            num_masks=num_masks,
         )
         train = manifest.subset(rows=manifest.table["split"].isin(list(train_splits)).to_numpy())
         if len(train) == 0:
@@ -169,7 +185,9 @@ class PretrainDataModule(_PretrainData):
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = MaskedDataset(self._dataset(self.train_manifest, train=True), self.masks, self.seed)
+        dataset = MaskedDataset(
+            self._dataset(self.train_manifest, train=True), self.masks, self.seed, self.num_masks
+        )
         weights = modality_weights(self.train_manifest) if self.balance_modalities else None
         return self.epoch_loader(
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed, weights=weights
@@ -205,8 +223,10 @@ class ShardStream(IterableDataset):
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        num_masks: int = 1,
     ) -> None:
         super().__init__()
+        self.num_masks = num_masks
         per_rank = len(shards) // world_size
         if per_rank == 0:
             raise ConfigError(f"{len(shards)} training images cannot be shared by {world_size} ranks")
@@ -239,7 +259,7 @@ class ShardStream(IterableDataset):
         )
         for sample in samples:
             if sample is not None:
-                add_token_mask(sample, self.masks, self.seed, self.epoch, sample["index"])
+                add_token_mask(sample, self.masks, self.seed, self.epoch, sample["index"], self.num_masks)
             yield sample
 
 
@@ -281,6 +301,8 @@ class ShardPretrainDataModule(_PretrainData):
         shuffle_buffer: int = 1000,
         on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
         seed: int = 0,
+        views: MultiView | None = None,
+        num_masks: int = 1,
     ) -> None:
         super().__init__(
             run_dir,
@@ -291,6 +313,8 @@ class ShardPretrainDataModule(_PretrainData):
             crop_scale=crop_scale,
             on_bad_image=on_bad_image,
             seed=seed,
+            views=views,
+            num_masks=num_masks,
         )
         self.root = Path(root)
         if not train_splits:
@@ -356,6 +380,7 @@ class ShardPretrainDataModule(_PretrainData):
             batch_size=self.batch_size,
             rank=rank,
             world_size=world,
+            num_masks=self.num_masks,
         )
         return DeferredLoader(
             self.stream,

@@ -14,16 +14,19 @@ from torchmetrics.classification import MulticlassAccuracy
 from panderm.models.encoder import Encoder
 from panderm.pretrain.methods import Method
 from panderm.pretrain.objectives import check_finite
-from panderm.pretrain.optim import build_optimizer, param_groups
+from panderm.pretrain.optim import build_optimizer, param_groups, scaled_lr, warmup_length
 
 
 class PretrainModule(L.LightningModule):
-    """Self-supervised training of `encoder` with `method` on batches carrying `token_mask` (B, N).
+    """Self-supervised training of `encoder` with `method` on batches of `image` (B, 3, H, W), or `views`
+    for multi-view methods (`image` is then the first view), and `token_mask` when the method masks.
 
     With `num_classes`, a linear probe on detached, unmasked CLS features trains alongside (its gradient
     never reaches the encoder), at the constant `probe_lr` on batch-normalised features (no affine, as in
     MAE's linear probe, so the features' drifting scale does not matter), and its balanced accuracy on the
     validation loader is logged every epoch.
+    The learning rate is `lr`, or `base_lr` scaled by the global batch (`batch_size` x processes x
+    accumulation) / 256; warm-up lasts `warmup_steps`, or `warmup_fraction` of the run.
     `on_nonfinite` is "raise" (stop, naming the step) or "skip" (drop the batch).
     """
 
@@ -32,10 +35,13 @@ class PretrainModule(L.LightningModule):
         encoder: Encoder,
         method: Method,
         *,
-        lr: float = 1.5e-4,
+        lr: float | None = None,
+        base_lr: float = 1e-3,
+        batch_size: int = 64,
         weight_decay: float = 0.05,
         layer_decay: float | None = None,
-        warmup_steps: int = 10,
+        warmup_steps: int | None = None,
+        warmup_fraction: float = 0.1,
         total_steps: int | None = None,
         betas: tuple[float, float] = (0.9, 0.95),
         num_classes: int | None = None,
@@ -48,7 +54,8 @@ class PretrainModule(L.LightningModule):
         # "drop" methods never use the mask token; a parameter without gradient would break DDP.
         encoder.mask_token.requires_grad_(method.mask_mode == "replace")
         self.hparams_dict = dict(lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, betas=betas)
-        self.warmup_steps = warmup_steps
+        self.base_lr, self.batch_size = base_lr, batch_size
+        self.warmup_steps, self.warmup_fraction = warmup_steps, warmup_fraction
         self.total_steps = total_steps
         self.probe_lr = probe_lr
         self.on_nonfinite = on_nonfinite
@@ -72,8 +79,13 @@ class PretrainModule(L.LightningModule):
         if "image" not in batch:  # every image of the batch was unreadable and skipped
             return None
         images = batch["image"]
-        mask = batch["token_mask"]
-        out = self.method(self.encoder, images, mask, step=self.global_step)
+        out = self.method(
+            self.encoder,
+            batch.get("views", images),
+            batch.get("token_mask"),
+            step=self.global_step,
+            total_steps=self._total_steps(),
+        )
         loss = out["loss"].float()
         self._stepped = check_finite(loss, self.global_step, policy=self.on_nonfinite)
         if not self._stepped:
@@ -134,15 +146,18 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         heads = [(f"method.{n}", p) for n, p in self.method.named_parameters()]
-        settings = {k: self.hparams_dict[k] for k in ("lr", "weight_decay", "layer_decay")}
-        groups = param_groups(self.encoder, heads, **settings)
+        settings = {k: self.hparams_dict[k] for k in ("weight_decay", "layer_decay")}
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        world = self.trainer.world_size if self._trainer is not None else 1
+        lr = scaled_lr(self.base_lr, self.batch_size * world * accumulate, self.hparams_dict["lr"])
+        groups = param_groups(self.encoder, heads, lr=lr, **settings)
         if self.probe is not None:
             probe = list(self.probe.parameters())
             groups.append({"params": probe, "lr": self.probe_lr, "weight_decay": 0.0, "scheduled": False})
         optimizer, schedule = build_optimizer(
             groups,
             total_steps=self._total_steps(),
-            warmup_steps=self.warmup_steps,
+            warmup_steps=warmup_length(self._total_steps(), self.warmup_steps, self.warmup_fraction),
             betas=self.hparams_dict["betas"],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

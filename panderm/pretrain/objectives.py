@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -224,3 +224,165 @@ def check_finite(
         raise NonFiniteLossError(step, bad)
     log.warning("skipping batch at step %d: non-finite loss terms %s", step, bad)
     return False
+
+
+# --- self-distillation (DINO / iBOT) and contrastive (SimCLR) losses ---------------------------------------
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def global_sum(x: Tensor) -> Tensor:
+    """`x` summed over all processes (a copy; `x` itself when not distributed). No gradient flows."""
+    if not _distributed():
+        return x
+    x = x.clone()
+    torch.distributed.all_reduce(x)
+    return x
+
+
+def global_count(n: int, device: torch.device) -> int:
+    """`n` summed over all processes."""
+    return int(global_sum(torch.tensor(float(n), device=device)).item())
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """Mean Shannon entropy (nats) of the distributions along the last dim of `probs` (..., K); fp32."""
+    probs = probs.float()
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+def centered_softmax(teacher_logits: Tensor, center: Tensor, temperature: float) -> Tensor:
+    """DINO's teacher targets: ``softmax((logits - center) / temperature)`` along the last dim, in fp32.
+
+    `teacher_logits` is (..., K), `center` broadcastable to it (K,). No gradient flows (teachers are
+    targets)."""
+    return F.softmax((teacher_logits.detach().float() - center.float()) / temperature, dim=-1)
+
+
+@torch.no_grad()
+def center_update(center: Tensor, teacher_logits: Tensor, momentum: float) -> Tensor:
+    """The new centre ``momentum * center + (1 - momentum) * mean(teacher_logits)`` over every leading
+    position of (..., K) logits on all processes; returns (K,) fp32."""
+    flat = teacher_logits.detach().float().reshape(-1, teacher_logits.shape[-1])
+    count = global_count(flat.shape[0], flat.device)
+    if count == 0:  # e.g. no masked patch anywhere: nothing to average
+        return center.float()
+    mean = global_sum(flat.sum(0)) / count
+    return center.float() * momentum + mean * (1.0 - momentum)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, iterations: int = 3) -> Tensor:
+    """Balanced teacher targets (SwAV / DINOv2): rows of ``exp(logits / temperature)`` alternately scaled so
+    every prototype gets an equal share of the batch (over all processes) and every sample sums to 1.
+
+    `teacher_logits` is (B, K); returns (B, K) fp32 whose rows sum to 1 and whose columns each sum to
+    B_total / K after the last (row) step up to the iterations' convergence.
+    """
+    if iterations < 1:
+        raise ConfigError(f"sinkhorn iterations={iterations} must be at least 1")
+    logits = teacher_logits.detach().float() / temperature
+    # subtract the global max before exp: the same constant for every entry, so the result is unchanged
+    q = (logits - global_max(logits)).exp().t()  # (K, B)
+    k, b = q.shape
+    b_total = global_count(b, q.device)
+    q = q / global_sum(q.sum())
+    for _ in range(iterations):
+        q = q / global_sum(q.sum(dim=1, keepdim=True)) / k  # each prototype: mass 1/K
+        q = q / q.sum(dim=0, keepdim=True) / b_total  # each sample: mass 1/B_total
+    return (q * b_total).t()
+
+
+def global_max(x: Tensor) -> Tensor:
+    """Largest entry of `x` over all processes (a 0-d tensor)."""
+    top = x.detach().amax()
+    if _distributed():
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    return top
+
+
+def dino_loss(
+    student_logits: Sequence[Tensor], teacher_probs: Sequence[Tensor], temperature: float
+) -> Tensor:
+    """DINO's multi-crop cross-entropy ``H(p_t, softmax(s / temperature))`` averaged over view pairs.
+
+    `teacher_probs` are the V_t global views' targets (B, K) (rows sum to 1), `student_logits` the student's
+    (B, K) logits for every view, its first V_t in the same order as the teacher's; a pair of the same view is
+    skipped. Each pair's cross-entropy is averaged over the batch. When the student's softmax equals the
+    teacher's targets, the loss is the teacher's entropy. Returns an fp32 scalar.
+    """
+    if len(teacher_probs) > len(student_logits):
+        raise PretrainError(
+            f"dino_loss: {len(teacher_probs)} teacher views but only {len(student_logits)} student views"
+        )
+    log_probs = [F.log_softmax(s.float() / temperature, dim=-1) for s in student_logits]
+    total, pairs = student_logits[0].new_zeros((), dtype=torch.float32), 0
+    for i, target in enumerate(teacher_probs):
+        for j, log_p in enumerate(log_probs):
+            if i == j:
+                continue
+            _check_tokens(log_p, target, "dino_loss")
+            total = total - (target.float() * log_p).sum(-1).mean()
+            pairs += 1
+    if pairs == 0:
+        raise PretrainError("dino_loss needs at least two views (a teacher view and another student view)")
+    return total / pairs
+
+
+def masked_patch_distillation_loss(
+    student_logits: Tensor, teacher_probs: Tensor, mask: Tensor, temperature: float
+) -> Tensor:
+    """iBOT's masked-image-modelling term: cross-entropy between the teacher's patch targets (B, N, K) and the
+    student's patch logits (B, N, K) at masked positions (`mask` (B, N) bool, True = masked), averaged over
+    each image's masked patches, then over images that have any. Returns an fp32 scalar (0 with no mask)."""
+    _check_tokens(student_logits, teacher_probs, "masked_patch_distillation_loss")
+    _check_mask(mask, student_logits.shape[0], student_logits.shape[1], "masked_patch_distillation_loss")
+    ce = -(teacher_probs.float() * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1)
+    per_image = (ce * mask).sum(1) / mask.sum(1).clamp_min(1)
+    has_mask = mask.any(1)
+    return _weighted_mean(per_image, has_mask)
+
+
+def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
+    """KoLeo regulariser (DINOv2): ``-mean_i log(min_{j != i} ||x_i - x_j||)`` on L2-normalised (B, D)
+    features; it spreads features uniformly. Needs B >= 2. Returns an fp32 scalar."""
+    if features.shape[0] < 2:
+        raise PretrainError(f"koleo_loss needs at least 2 samples, got {features.shape[0]}")
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        sims = x @ x.t()
+        sims.fill_diagonal_(-2.0)  # never one's own neighbour
+        nearest = sims.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -(distances + eps).log().mean()
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """(B, D) rows of every process, concatenated in rank order; gradients flow back to each rank's rows."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn  # the autograd-aware all_gather
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
+    """SimCLR's NT-Xent: for each of the 2B embeddings (B, D) of two views, cross-entropy of picking its
+    partner among the other 2B - 1 by cosine similarity / `temperature`. Negatives come from every process
+    (rows gathered with gradient), so DDP gives the single-process loss on the global batch. Symmetric in
+    (z1, z2). Returns an fp32 scalar."""
+    _check_tokens(z1, z2, "info_nce_loss")
+    local = z1.shape[0]
+    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    all_z = torch.cat([gather_with_grad(z1), gather_with_grad(z2)], dim=0)  # (2 B_total, D)
+    b_total = all_z.shape[0] // 2
+    offset = torch.distributed.get_rank() * local if _distributed() else 0
+    rows = torch.arange(local, device=z1.device) + offset
+    queries = torch.cat([z1, z2], dim=0)  # this rank's 2B queries
+    index = torch.cat([rows, rows + b_total])  # their own positions in all_z
+    partner = torch.cat([rows + b_total, rows])
+    logits = queries @ all_z.t() / temperature
+    logits = logits.masked_fill(F.one_hot(index, 2 * b_total).bool(), float("-inf"))
+    return F.cross_entropy(logits, partner)

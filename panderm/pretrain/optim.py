@@ -72,6 +72,27 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, final_ratio
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+LR_REFERENCE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al.; DINO, MAE, iBOT)
+
+
+def scaled_lr(base_lr: float, global_batch: int, lr: float | None = None) -> float:
+    """`lr` when given, else the linear scaling rule ``base_lr * global_batch / 256``."""
+    if lr is not None:
+        return float(lr)
+    if global_batch < 1:
+        raise ValueError(f"global batch size must be positive, got {global_batch}")
+    return base_lr * global_batch / LR_REFERENCE_BATCH
+
+
+def warmup_length(total_steps: int, warmup_steps: int | None = None, warmup_fraction: float = 0.1) -> int:
+    """`warmup_steps` when given, else `warmup_fraction` of `total_steps` (at least 1 step)."""
+    if warmup_steps is not None:
+        return int(warmup_steps)
+    if not 0.0 <= warmup_fraction <= 1.0:
+        raise ValueError(f"warmup_fraction={warmup_fraction} must be in [0, 1]")
+    return max(1, round(warmup_fraction * total_steps))
+
+
 def build_optimizer(
     groups: list[dict[str, Any]],
     *,

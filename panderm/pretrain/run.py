@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from panderm.config import DataSource, EncoderConfig, TeacherConfig
 from panderm.data.manifest import Manifest
 from panderm.data.sources import load_data
+from panderm.data.transforms import MultiView
 from panderm.errors import ConfigError
 from panderm.io import atomic_write
 from panderm.models.checkpoints import load_encoder, save_encoder
@@ -31,6 +32,7 @@ from panderm.models.masking import MaskGenerator
 from panderm.pretrain.datamodule import PretrainDataModule, ShardPretrainDataModule
 from panderm.pretrain.methods import build_method
 from panderm.pretrain.module import PretrainModule
+from panderm.pretrain.strategy import build_strategy
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
 
@@ -100,7 +102,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t),
         precision=t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -135,10 +137,19 @@ def fit_resumable(
 
 
 def build_datamodule(
-    cfg: DictConfig, run_dir: Path, masks: MaskGenerator, manifest: Manifest | None
+    cfg: DictConfig,
+    run_dir: Path,
+    masks: MaskGenerator,
+    manifest: Manifest | None,
+    *,
+    views: MultiView | None = None,
+    num_masks: int = 1,
 ) -> PretrainDataModule | ShardPretrainDataModule:
-    """The manifest's DataModule, or for `data.source=shards` the one streaming the shards at `data.path`."""
+    """The manifest's DataModule, or for `data.source=shards` the one streaming the shards at `data.path`;
+    `views` and `num_masks` are the method's (`Method.view_transform`, `Method.num_masks`)."""
     common: dict[str, Any] = dict(
+        views=views,
+        num_masks=num_masks,
         image_size=cfg.image_size,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
@@ -207,14 +218,19 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     if cfg.trainer.compile:
         for block in encoder.vit.blocks:
             block.compile()
-    data = build_datamodule(cfg, run_dir, masks, manifest)
+    data = build_datamodule(
+        cfg, run_dir, masks, manifest, views=method.view_transform(cfg.image_size), num_masks=method.num_masks
+    )
     module = PretrainModule(
         encoder,
         method,
         lr=cfg.optim.lr,
+        base_lr=cfg.optim.base_lr,
+        batch_size=cfg.batch_size,
         weight_decay=cfg.optim.weight_decay,
         layer_decay=cfg.optim.layer_decay,
         warmup_steps=cfg.optim.warmup_steps,
+        warmup_fraction=cfg.optim.warmup_fraction,
         betas=tuple(cfg.optim.betas),
         num_classes=data.num_classes if cfg.online_probe else None,
         probe_lr=cfg.optim.probe_lr,

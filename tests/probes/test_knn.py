@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 from panderm.errors import ProbeError
 from probes.knn import knn_proba, knn_search, plan_chunks, prototype_proba
@@ -21,8 +22,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def reference_knn(train, labels, query, num_classes, k, temperature, variant):
-    """Brute force in float64: the full similarity matrix, a stable argsort, weighted votes."""
+def reference_knn(train, labels, query, num_classes, k, temperature, variant, balanced=False):
+    """Brute force in float64: the full similarity matrix, a stable argsort, weighted votes (each divided by
+    the voter's class frequency in train when `balanced`)."""
     train, query = train.astype(np.float64), query.astype(np.float64)
     if variant == "uni":
         mean = train.mean(0)
@@ -31,6 +33,8 @@ def reference_knn(train, labels, query, num_classes, k, temperature, variant):
     idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(sims, idx, axis=1)
     weights = np.exp(top / temperature) if variant == "dino" else np.ones_like(top)
+    if balanced:
+        weights = weights / (np.bincount(labels, minlength=num_classes)[labels[idx]] / len(labels))
     votes = np.zeros((len(query), num_classes))
     for row in range(len(query)):
         np.add.at(votes[row], labels[idx[row]], weights[row])
@@ -48,6 +52,42 @@ def test_knn_matches_brute_force(variant):
     sims, idx = knn_search(x, q, k=10, variant=variant)
     np.testing.assert_array_equal(idx.numpy(), ref_idx)
     np.testing.assert_allclose(sims.numpy(), ref_sims, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["dino", "uni"])
+def test_balanced_votes_match_brute_force(variant):
+    x, y = features(300, 16, 4, seed=15)
+    keep = (y == 0) | (np.arange(len(y)) % 5 == 0)  # class 0 keeps its 75 rows, the others 15 each
+    x, y = x[keep], y[keep]
+    q, _ = features(50, 16, 4, seed=16)
+    proba = knn_proba(x, y, q, num_classes=4, k=10, variant=variant, balanced=True)
+    ref, _, _ = reference_knn(x, y, q, 4, 10, 0.07, variant, balanced=True)
+    np.testing.assert_allclose(proba, ref, atol=1e-5)
+    np.testing.assert_allclose(proba.sum(1), 1)
+    plain, _, _ = reference_knn(x, y, q, 4, 10, 0.07, variant)
+    assert np.abs(ref - plain).max() > 0.1  # the reweighting matters on this imbalance
+
+
+def test_balanced_votes_raise_balanced_accuracy_on_a_clustered_minority():
+    """A minority class packed into one corner of a spread-out majority: among a minority query's neighbours
+    the majority still outnumbers it, unless each class's votes are divided by its frequency."""
+    rng = np.random.default_rng(17)
+    d = 8
+    centre = np.full(d, 3.0)
+
+    def sample(n_major: int, n_minor: int) -> tuple[np.ndarray, np.ndarray]:
+        major = centre + rng.normal(size=(n_major, d))
+        minor = centre + np.r_[1.0, np.zeros(d - 1)] + 0.5 * rng.normal(size=(n_minor, d))
+        x = np.concatenate([major, minor]).astype(np.float32)
+        return x, np.r_[np.zeros(n_major, np.int64), np.ones(n_minor, np.int64)]
+
+    x, y = sample(2000, 40)
+    q, qy = sample(200, 200)
+    plain = knn_proba(x, y, q, num_classes=2)
+    balanced = knn_proba(x, y, q, num_classes=2, balanced=True)
+    bacc_plain = balanced_accuracy_score(qy, plain.argmax(1))
+    bacc_balanced = balanced_accuracy_score(qy, balanced.argmax(1))
+    assert bacc_plain < 0.6 and bacc_balanced > 0.8, (bacc_plain, bacc_balanced)  # 0.515 and 0.905
 
 
 @pytest.mark.parametrize("variant", ["dino", "uni"])
@@ -119,8 +159,10 @@ def test_missing_class_gets_zero_votes():
     y[y == 2] = 0
     with pytest.raises(ProbeError, match=r"\[2\] have no samples"):
         knn_proba(x, y, x[:3], num_classes=3)
-    proba = knn_proba(x, y, x[:3], num_classes=3, allow_missing_classes=True)
-    np.testing.assert_array_equal(proba[:, 2], 0)
+    for balanced in (False, True):
+        proba = knn_proba(x, y, x[:3], num_classes=3, allow_missing_classes=True, balanced=balanced)
+        np.testing.assert_array_equal(proba[:, 2], 0)
+        np.testing.assert_allclose(proba.sum(1), 1)
 
 
 def test_knn_bad_input():

@@ -12,12 +12,13 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, log_loss
 from sklearn.preprocessing import StandardScaler
 
 from panderm.errors import ProbeError
 from probes.linear import (
     DEFAULT_C_GRID,
+    _decade_beyond,
     fit_linear_panderm,
     fit_linear_sweep,
     score_proba,
@@ -194,6 +195,112 @@ def test_sweep_selects_the_best_validation_score():
         np.concatenate([x, xv]), np.concatenate([y, yv]), num_classes=k, c_grid=[refit.recipe["C"]], tol=1e-6
     )
     np.testing.assert_allclose(refit.predict_proba(xv), direct.predict_proba(xv), atol=1e-3)
+
+
+def sklearn_val_scores(x, y, xv, yv, grid, metric):
+    """Validation scores of scikit-learn's LogisticRegression(C) on standardised features, per C."""
+    scaler = StandardScaler().fit(x)
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in grid:
+            model = LogisticRegression(C=c, tol=1e-8, max_iter=10000).fit(scaler.transform(x), y)
+            proba = model.predict_proba(scaler.transform(xv))
+            if metric == "neg_log_loss":
+                scores.append(-log_loss(yv, proba, labels=model.classes_))
+            else:
+                scores.append(balanced_accuracy_score(yv, proba.argmax(1)))
+    return np.array(scores)
+
+
+def test_sweep_extends_the_grid_past_a_winning_upper_end(caplog):
+    """C = 1e-4 and 1e-3 barely fit these blobs: the val log-loss improves past the grid, so the sweep adds a
+    decade at a time (the grid's spacing: one value per decade) until an interior C wins, as scikit-learn's
+    scores on the same extended grid say."""
+    k = 3
+    x, y = blobs(300, 10, k, seed=13, sep=0.5)
+    xv, yv = blobs(300, 10, k, seed=13, sep=0.5)
+    xv = xv + np.random.default_rng(14).normal(size=xv.shape).astype(np.float32)
+    kwargs = dict(num_classes=k, metric="neg_log_loss", refit=False, tol=1e-7, max_iter=2000)
+    with caplog.at_level(logging.WARNING, logger="probes.linear"):
+        probe = fit_linear_sweep(x, y, xv, yv, c_grid=[1e-4, 1e-3], **kwargs)
+    recipe = probe.recipe
+    grid = recipe["c_grid"]
+    assert grid[:2] == [1e-4, 1e-3] and recipe["C"] > 1e-3
+    assert 1 <= recipe["c_grid_extended"] <= 3 and len(grid) == 2 + recipe["c_grid_extended"]
+    np.testing.assert_allclose(grid, 10.0 ** np.arange(-4, -4 + len(grid)), rtol=1e-12)
+    assert recipe["c_grid_bounds"] == [grid[0], grid[-1]] and recipe["c_at_grid_edge"] is False
+    assert "end of the C grid" not in caplog.text
+    sk = sklearn_val_scores(x, y, xv, yv, grid, "neg_log_loss")
+    np.testing.assert_allclose(recipe["scores"], sk, atol=1e-4)
+    assert recipe["C"] == grid[int(np.argmax(sk))] == grid[int(np.argmax(recipe["scores"]))]
+    # the extension is the same as sweeping the extended grid from the start
+    full = fit_linear_sweep(x, y, xv, yv, c_grid=grid, **kwargs)
+    assert full.recipe["C"] == recipe["C"] and full.recipe["c_grid_extended"] == 0
+    np.testing.assert_allclose(full.recipe["scores"], recipe["scores"], atol=1e-5)
+
+    # too few extra decades allowed: the best C is still the upper end, which is flagged and logged
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="probes.linear"):
+        capped = fit_linear_sweep(x, y, xv, yv, c_grid=[1e-6, 1e-5], extend_decades=1, **kwargs)
+    assert capped.recipe["C"] == pytest.approx(1e-4) and capped.recipe["c_grid_extended"] == 1
+    assert capped.recipe["c_at_grid_edge"] is True
+    np.testing.assert_allclose(capped.recipe["c_grid_bounds"], [1e-6, 1e-4])
+    assert "upper end of the C grid" in caplog.text and "extend_decades" in caplog.text
+    never = fit_linear_sweep(x, y, xv, yv, c_grid=[1e-6, 1e-5], extend_decades=0, **kwargs)
+    assert never.recipe["C"] == 1e-5 and never.recipe["c_grid"] == [1e-6, 1e-5]
+    assert never.recipe["c_at_grid_edge"] is True
+
+
+def test_sweep_extends_the_grid_past_a_winning_lower_end():
+    """Few rows in many dimensions: weak regularisation overfits, so the val log-loss peaks below C = 0.3."""
+    k = 2
+    x, y = blobs(40, 30, k, seed=15, sep=0.3)
+    xv, yv = blobs(200, 30, k, seed=15, sep=0.3)
+    xv = xv + np.random.default_rng(16).normal(size=xv.shape).astype(np.float32)
+    grid = [0.3, 3.0]
+    probe = fit_linear_sweep(
+        x, y, xv, yv, num_classes=k, c_grid=grid, metric="neg_log_loss", refit=False, tol=1e-7, max_iter=2000
+    )
+    recipe = probe.recipe
+    assert recipe["C"] < 0.3 and recipe["c_grid"][-2:] == grid and recipe["c_grid_extended"] >= 1
+    assert recipe["c_grid_bounds"] == [recipe["c_grid"][0], 3.0] and recipe["c_at_grid_edge"] is False
+    sk = sklearn_val_scores(x, y, xv, yv, recipe["c_grid"], "neg_log_loss")
+    np.testing.assert_allclose(recipe["scores"], sk, atol=1e-3)
+    assert recipe["C"] == recipe["c_grid"][int(np.argmax(sk))]
+
+
+def test_sweep_keeps_an_interior_or_tied_best_and_its_grid():
+    k = 3
+    x, y = blobs(240, 40, k, seed=6, sep=0.25)
+    xv, yv = blobs(240, 40, k, seed=6, sep=0.25)
+    xv = xv + np.random.default_rng(9).normal(size=xv.shape).astype(np.float32)
+    grid = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]
+    probe = fit_linear_sweep(x, y, xv, yv, num_classes=k, c_grid=grid, tol=1e-6)
+    assert grid[0] < probe.recipe["C"] < grid[-1]  # interior, so nothing is added
+    assert probe.recipe["c_grid"] == grid and probe.recipe["c_grid_extended"] == 0
+    assert probe.recipe["c_grid_bounds"] == [1e-4, 10.0] and probe.recipe["c_at_grid_edge"] is False
+    fixed = fit_linear_sweep(x, y, xv, yv, num_classes=k, c_grid=grid, tol=1e-6, extend_decades=0)
+    assert fixed.recipe["C"] == probe.recipe["C"] and fixed.recipe["scores"] == probe.recipe["scores"]
+    torch.testing.assert_close(fixed.weight, probe.weight, rtol=0, atol=0)
+    # separable classes: every C scores a balanced accuracy of 1, a tie the smallest C wins without extension
+    xs, ys = blobs(90, 5, 3, seed=17, sep=20.0)
+    xsv, ysv = blobs(90, 5, 3, seed=17, sep=20.0)
+    tied = fit_linear_sweep(xs, ys, xsv, ysv, num_classes=3, c_grid=[0.01, 0.1, 1.0])
+    assert tied.recipe["scores"] == [1.0, 1.0, 1.0] and tied.recipe["C"] == 0.01
+    assert tied.recipe["c_grid"] == [0.01, 0.1, 1.0] and tied.recipe["c_at_grid_edge"] is False
+
+
+def test_grid_extension_keeps_the_grid_spacing():
+    np.testing.assert_allclose(
+        _decade_beyond(DEFAULT_C_GRID, "upper"), [1e4 * 10 ** (1 / 3), 1e4 * 10 ** (2 / 3), 1e5]
+    )
+    np.testing.assert_allclose(
+        _decade_beyond(DEFAULT_C_GRID, "lower"), [1e-4 / 10 ** (1 / 3), 1e-4 / 10 ** (2 / 3), 1e-5]
+    )
+    np.testing.assert_allclose(_decade_beyond([0.01, 1.0], "upper"), [10.0])  # sparser than a decade: one
+    with pytest.raises(ProbeError, match="extend_decades"):
+        fit_linear_sweep(np.zeros((4, 2)), np.array([0, 1, 0, 1]), num_classes=2, extend_decades=-1)
 
 
 def test_sweep_holds_out_a_seeded_stratified_split_without_val():

@@ -109,7 +109,16 @@ def test_linear_probe_of_an_encoder_writes_consistent_outputs(tmp_path):
         ("linear_sweep", []),
         ("knn", []),
         ("knn", ["probe.options.variant=uni"]),
-        ("knn", ["probe.options.variant=prototype", "~probe.options.k", "~probe.options.temperature"]),
+        ("knn", ["probe.options.balanced=true"]),
+        (
+            "knn",
+            [
+                "probe.options.variant=prototype",
+                "~probe.options.k",
+                "~probe.options.temperature",
+                "~probe.options.balanced",
+            ],
+        ),
     ],
 )
 def test_classifier_probes_on_a_feature_file(tmp_path, probe, options):
@@ -120,7 +129,10 @@ def test_classifier_probes_on_a_feature_file(tmp_path, probe, options):
     values = saved["test"]["values"]
     assert saved["dataset"] == "features" and saved["classes"] == ["0", "1", "2"]
     assert values["balanced_accuracy"] > 0.9  # well-separated clusters
+    assert values["auroc_macro_ovr"] > 0.9  # macro one-vs-rest AUROC beside it, for kNN too
     assert not saved["test"]["missing"]
+    if "probe.options.balanced=true" in options:
+        assert saved["recipe"]["balanced"] is True
 
 
 def test_fewshot_and_label_efficiency_curves(tmp_path):

@@ -1,33 +1,21 @@
-"""Pretraining methods: each owns its heads (and teacher) and turns student + masked batch into a loss.
-
-The LightningModule only calls a method: ``out = method(encoder, images, mask, step=step)``, then
-``loss = out["loss"]``, and after each optimiser step
-``method.on_after_optimizer_step(encoder, step, total_steps)``.
-Images are normalised with the student's mean/std; masks are (B, N) bool, True = masked, with equal counts
-per row. Build methods from configs with `build_method`.
-
-Optimisers must take only parameters with ``requires_grad=True``: `MlmEma` holds a frozen EMA teacher as a
-submodule (so resumed runs restore it), whose parameters are listed by `parameters()` but never trained.
-"""
+"""Masked-image methods: latent regression onto CLIP (`MlmClip`), data2vec 2.0 against an EMA teacher
+(`MlmEma`) and pixel reconstruction (`Mae`)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from panderm.errors import ConfigError
 from panderm.models.encoder import Encoder
-from panderm.models.teachers import EMATeacher, OpenClipTeacher, momentum_schedule
+from panderm.models.teachers import EMATeacher, OpenClipTeacher, TargetNorm, TargetSource, momentum_schedule
+from panderm.pretrain.methods.base import Method, check_batch, detached
 from panderm.pretrain.objectives import (
     CLIP_POSITIONS,
     ClipPositions,
     EmaLoss,
-    PretrainError,
     mae_loss,
     mlm_clip_loss,
     mlm_ema_loss,
@@ -35,33 +23,6 @@ from panderm.pretrain.objectives import (
 from panderm.pretrain.predictors import LatentRegressor, PixelDecoder, merge, select
 
 log = logging.getLogger(__name__)
-
-
-def _check_batch(encoder: Encoder, images: Tensor, mask: Tensor) -> None:
-    n = encoder.num_patches
-    if mask.dtype != torch.bool or tuple(mask.shape) != (images.shape[0], n):
-        raise PretrainError(
-            f"mask must be bool of shape (batch={images.shape[0]}, num_patches={n}), "
-            f"got {mask.dtype} {tuple(mask.shape)}"
-        )
-
-
-def _detached(terms: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {name: value if name == "loss" else value.detach() for name, value in terms.items()}
-
-
-class Method(nn.Module):
-    """Base class of pretraining methods (see the module docstring for the calling protocol)."""
-
-    name: ClassVar[str]
-    mask_mode: ClassVar[Literal["drop", "replace"]]
-
-    def forward(self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0) -> dict[str, Tensor]:
-        """Returns at least ``{"loss": fp32 scalar}`` plus detached named terms for logging."""
-        raise NotImplementedError
-
-    def on_after_optimizer_step(self, encoder: Encoder, step: int, total_steps: int) -> None:
-        """Hook run after every optimiser step (e.g. the EMA update); a no-op by default."""
 
 
 class MlmClip(Method):
@@ -98,8 +59,10 @@ class MlmClip(Method):
         self.regressor = LatentRegressor(encoder.embed_dim, regressor_depth, regressor_heads)
         self.head = nn.Linear(encoder.embed_dim, teacher.embed_dim)
 
-    def forward(self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0) -> dict[str, Tensor]:
-        _check_batch(encoder, images, mask)
+    def forward(
+        self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0, total_steps: int | None = None
+    ) -> dict[str, Tensor]:
+        check_batch(encoder, images, mask)
         latents = encoder.tokens(images, mask, mode="drop")
         cls, visible = latents[:, :1], latents[:, 1:]
         pos = encoder.patch_pos_embed().expand(images.shape[0], -1, -1)
@@ -114,16 +77,21 @@ class MlmClip(Method):
             reconstruction_weight=self.reconstruction_weight,
             alignment_weight=self.alignment_weight,
         )
-        return _detached(terms)
+        return detached(terms)
 
 
 class MlmEma(Method):
-    """Masked prediction of an EMA teacher's averaged, layer-normalised block outputs (data2vec style).
+    """Masked prediction of an EMA teacher's contextual targets, data2vec 2.0 recipe by default.
 
     The student sees mask tokens in place of masked patches; a linear head predicts, at masked positions,
-    the `EMATeacher` target computed from the unmasked image (the average of the last `top_k` blocks' outputs,
-    each layer-normalised without affine); loss `mlm_ema_loss`. After each optimiser step the teacher moves
-    towards the student with momentum `momentum_schedule(step, total_steps, base_momentum, final_momentum)`.
+    the `EMATeacher` target computed from the unmasked image: the average over the last `top_k` blocks of
+    each block's FFN output (`target_source="ffn"`), each instance-normalised over the image's tokens
+    (`target_norm="instance"`), then layer-normalised (`final_norm`). A second linear head regresses the
+    mean of the patch targets from the CLS token (weight `cls_weight`; it is what gives probes on CLS
+    something to read). The teacher moves after each optimiser step with momentum
+    `momentum_schedule(step, total_steps, base_momentum, final_momentum)`: 0.99 -> 0.999 by default, so it
+    follows the student in a run of a few hundred steps (data2vec's 0.999+ assumes hundreds of thousands).
+    ``target_source="block", target_norm="layer", final_norm=False, cls_weight=0`` is data2vec 1.
 
     The teacher is copied from `encoder` at construction (not lazily) so that a checkpoint of this method,
     teacher included, loads with strict key matching; call `setup(encoder)` to re-copy it after loading
@@ -138,32 +106,54 @@ class MlmEma(Method):
         encoder: Encoder,
         *,
         top_k: int | None = None,
-        loss: EmaLoss = "smooth_l1",
+        loss: EmaLoss = "mse",
         beta: float = 2.0,
-        base_momentum: float = 0.996,
-        final_momentum: float = 1.0,
+        target_source: TargetSource = "ffn",
+        target_norm: TargetNorm = "instance",
+        final_norm: bool = True,
+        cls_weight: float = 1.0,
+        base_momentum: float = 0.99,
+        final_momentum: float = 0.999,
     ) -> None:
         super().__init__()
-        self.top_k = top_k or min(6, encoder.depth)
+        self.top_k = top_k or max(1, round(encoder.depth * 5 / 6))  # data2vec 2.0: 10 of 12 blocks
         if not 1 <= self.top_k <= encoder.depth:
             raise ConfigError(f"mlm_ema.top_k={top_k} must be in [1, {encoder.depth}] (the encoder's depth)")
         self.loss, self.beta = loss, beta
+        self.target = dict(source=target_source, norm=target_norm, final_norm=final_norm)
+        self.cls_weight = cls_weight
         self.base_momentum, self.final_momentum = base_momentum, final_momentum
         self.head = nn.Linear(encoder.embed_dim, encoder.embed_dim)
+        self.cls_head = nn.Linear(encoder.embed_dim, encoder.embed_dim)
+        self.cls_head.requires_grad_(cls_weight > 0)  # an unused parameter would break DDP
         self.teacher = EMATeacher(encoder)
 
     def setup(self, encoder: Encoder) -> None:
         """Reset the EMA teacher to the student's current weights."""
         self.teacher.copy_from(encoder)
 
-    def forward(self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0) -> dict[str, Tensor]:
-        _check_batch(encoder, images, mask)
+    def forward(
+        self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0, total_steps: int | None = None
+    ) -> dict[str, Tensor]:
+        check_batch(encoder, images, mask)
         latents = encoder.tokens(images, mask, mode="replace")
         pred = self.head(latents[:, 1:])
-        target = self.teacher(images, self.top_k)[:, 1:]
-        loss = mlm_ema_loss(pred, target, mask, loss=self.loss, beta=self.beta)
+        target = self.teacher(images, self.top_k, **self.target)[:, 1:]
+        patch = mlm_ema_loss(pred, target, mask, loss=self.loss, beta=self.beta)
+        terms = {"patch": patch.detach()}
+        loss = patch
+        if self.cls_weight > 0:
+            cls = mlm_ema_loss(
+                self.cls_head(latents[:, :1]),
+                target.mean(1, keepdim=True),
+                mask.new_ones(mask.shape[0], 1),
+                loss=self.loss,
+                beta=self.beta,
+            )
+            loss = loss + self.cls_weight * cls
+            terms["cls"] = cls.detach()
         # a collapsing teacher shows up as target variance falling towards 0
-        return {"loss": loss, "target_var": target.var(dim=1).mean().detach()}
+        return {"loss": loss, **terms, "target_var": target.var(dim=1).mean().detach()}
 
     def on_after_optimizer_step(self, encoder: Encoder, step: int, total_steps: int) -> None:
         momentum = momentum_schedule(step, total_steps, self.base_momentum, self.final_momentum)
@@ -175,7 +165,8 @@ class Mae(Method):
 
     The images the method receives are normalised with the student's mean/std, so MAE reconstructs those
     normalised pixel values (per patch standardised again when `norm_pix`, which makes the global
-    normalisation irrelevant for the loss).
+    normalisation irrelevant for the loss). The decoder defaults to half the encoder's width and a third of
+    its depth (ViT-tiny: 96-d x 4 blocks; ViT-L: MAE's 512-d x 8).
     """
 
     name = "mae"
@@ -186,11 +177,16 @@ class Mae(Method):
         encoder: Encoder,
         *,
         norm_pix: bool = True,
-        decoder_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_heads: int = 16,
+        decoder_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_heads: int | None = None,
     ) -> None:
         super().__init__()
+        # sized relative to the encoder as MAE's ViT-L recipe (1024-d x 24 -> 512-d x 8, 16 heads): half the
+        # width, a third of the depth, 32 channels per head
+        decoder_dim = decoder_dim or max(32, encoder.embed_dim // 2)
+        decoder_depth = decoder_depth or max(1, encoder.depth // 3)
+        decoder_heads = decoder_heads or max(1, decoder_dim // 32)
         self.norm_pix = norm_pix
         self.patch_size = encoder.spec.patch_size
         self.decoder = PixelDecoder(
@@ -202,37 +198,9 @@ class Mae(Method):
             num_heads=decoder_heads,
         )
 
-    def forward(self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0) -> dict[str, Tensor]:
-        _check_batch(encoder, images, mask)
+    def forward(
+        self, encoder: Encoder, images: Tensor, mask: Tensor, *, step: int = 0, total_steps: int | None = None
+    ) -> dict[str, Tensor]:
+        check_batch(encoder, images, mask)
         pred = self.decoder(encoder.tokens(images, mask, mode="drop"), mask)
         return {"loss": mae_loss(pred, images, mask, self.patch_size, norm_pix=self.norm_pix)}
-
-
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MlmClip, MlmEma, Mae)}
-
-
-def build_method(name: str, encoder: Encoder, **kwargs: Any) -> Method:
-    """Build a method by name ("mlm_clip", "mlm_ema", "mae") for `encoder`, with its keyword options.
-
-    For "mlm_clip", `teacher` (required) is an `OpenClipTeacher` or a mapping of its keyword arguments
-    (model_name, weights, image_size, project, ...; the student's mean/std default to `encoder.spec`'s).
-    Raises `ConfigError` for an unknown name or option (listing the valid ones).
-    """
-    if name not in METHODS:
-        raise ConfigError(f"pretraining method {name!r} is not one of {sorted(METHODS)}")
-    cls = METHODS[name]
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p not in ("self", "encoder")]
-    if "teacher" in kwargs and "teacher" not in allowed:
-        raise ConfigError(f"method {name!r} uses no open_clip teacher; set teacher=none (or use mlm_clip)")
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for method {name!r}; valid options: {allowed}")
-    if cls is MlmClip:
-        teacher = kwargs.get("teacher")
-        if teacher is None:
-            raise ConfigError("method 'mlm_clip' needs an open_clip teacher (e.g. teacher=openclip_vitb16)")
-        if isinstance(teacher, Mapping):
-            options = {"student_mean": encoder.spec.mean, "student_std": encoder.spec.std, **teacher}
-            kwargs["teacher"] = OpenClipTeacher(**options)
-    return cls(encoder, **kwargs)
