@@ -1,14 +1,23 @@
 """Pretraining step speed: `PretrainModule` under a Lightning Trainer against a bare PyTorch loop, in one run.
 
+Methods: the masked-image methods `mlm_ema`, `mae`, `mlm_clip` and the multi-view methods `dino`, `ibot`,
+`simclr` (options from configs/objective/<method>.yaml); `--method all` compares each in turn.
+
 Both variants train the same encoder and method (`create_encoder` + `build_method`, from the same seed)
-on one fixed, pre-built batch of random images and per-sample masks (`token_mask`), with the same AdamW
-groups and warmup-cosine schedule (`param_groups` + `build_optimizer`, `OptimConfig` defaults), the same
-gradient-norm clipping and the same non-finite check; the online probe is off in both. The Lightning
-variant fits `PretrainModule` with a Trainer (no logger, checkpointing, progress bar or model summary); the
-bare loop does forward, backward, clipping, optimiser and scheduler step, `zero_grad` and the method's
-`on_after_optimizer_step` (the EMA update) by hand and never imports Lightning. Each variant runs in a fresh
-subprocess (the script re-invokes itself with `--variant`), so peak-memory figures do not mix; variants
-alternate for `--repeats` rounds.
+on one fixed, pre-built batch of random tensors shaped as the data pipeline delivers them: `image`
+(B, 3, H, W) for a masked-image method; for a multi-view method (`view_transform` returns a `MultiView`)
+`views`, one tensor per view at the size its `MultiView` produces (global views at the image size, then
+local views), with `image` the first view; and `token_mask` per the method's `num_masks` (none for 0, (B, N)
+for 1, (B, num_masks, N) for iBOT's masked global views). Both call ``method(encoder, views or image,
+token_mask, step=step, total_steps=steps)``, with the same AdamW groups and warmup-cosine schedule
+(`param_groups` + `build_optimizer`, `OptimConfig` defaults: the lr from `scaled_lr(base_lr, B, lr)`, the
+warm-up from `warmup_length(steps, warmup_steps, warmup_fraction)`), the same gradient-norm clipping and
+the same non-finite check; the online probe is off in both. The Lightning variant fits `PretrainModule` with
+a Trainer (no logger, checkpointing, progress bar or model summary); the bare loop does forward, backward,
+clipping, optimiser and scheduler step, `zero_grad` and the method's `on_after_optimizer_step` (the EMA
+update) by hand and never imports Lightning. Each variant runs in a fresh subprocess (the script re-invokes
+itself with `--method <name> --variant`), so peak-memory figures do not mix; variants alternate for
+`--repeats` rounds.
 
 Speed is images per second from the median step time (start of one step to the start of the next, the
 first `--warmup` steps skipped), best over the rounds. Memory is, on CPU, the process's peak RSS during
@@ -17,11 +26,14 @@ training minus its RSS just before: the peak is `VmHWM` of /proc/self/status aft
 while open_clip builds and drops its text tower); the line says which. On CUDA it is
 `torch.cuda.max_memory_allocated` during training (weights included).
 
-Run (CPU, ViT-tiny/8 at 64 px, B=32, mlm_ema): `.venv/bin/python benchmarks/pretrain_step.py [--method mae]`.
+Run (CPU, ViT-tiny/8 at 64 px, B=32, mlm_ema): `.venv/bin/python benchmarks/pretrain_step.py [--method mae]`;
+a multi-view method: `.venv/bin/python benchmarks/pretrain_step.py --method dino` (2 global + 6 local views);
+every method, one comparison each: `--method all`.
 Run (GPU, ViT-B/16 mlm_clip at 224 px with a randomly initialised open_clip ViT-B-16 teacher; nothing is
 downloaded): `.venv/bin/python benchmarks/pretrain_step.py --device cuda --precision bf16-mixed
 --arch vit_base --patch 16 --image-size 224 --method mlm_clip --batch 64 --steps 40 --warmup 10`.
-Prints one line per variant and one comparison line ending in `ratio=<lightning/bare images per second>`.
+Prints, per method, a header, one line per variant and one comparison line ending in
+`ratio=<lightning/bare images per second>`.
 """
 
 from __future__ import annotations
@@ -49,24 +61,27 @@ from torch.utils.data import DataLoader, Dataset
 from panderm.config import OptimConfig
 from panderm.models.encoder import create_encoder
 from panderm.models.masking import MaskGenerator
-from panderm.pretrain.methods import build_method
+from panderm.pretrain.methods import METHODS, Method, build_method
 from panderm.pretrain.objectives import check_finite
-from panderm.pretrain.optim import build_optimizer, param_groups
+from panderm.pretrain.optim import build_optimizer, param_groups, scaled_lr, warmup_length
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "configs" / "objective"
 VARIANTS = ("lightning", "bare")
 
 
+Batch = dict[str, Any]  # "image" and "token_mask" tensors, "views" a list of tensors
+
+
 class SameBatch(Dataset):
     """`length` items, each the same pre-built batch (use with ``batch_size=None``)."""
 
-    def __init__(self, batch: dict[str, torch.Tensor], length: int) -> None:
+    def __init__(self, batch: Batch, length: int) -> None:
         self.batch, self.length = batch, length
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> Batch:
         return self.batch
 
 
@@ -76,8 +91,45 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def view_shapes(method: Method, image_size: int) -> list[tuple[int, ...]] | None:
+    """Shape (3, h, w) of each view of `method`'s `MultiView` (global views first), from one run on a random
+    image; None for a single-view method."""
+    views = method.view_transform(image_size)
+    if views is None:
+        return None
+    image = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+    return [tuple(view.shape) for view in views(image=image)["views"]]
+
+
+def build_batch(args: argparse.Namespace, method: Method, masks: MaskGenerator) -> Batch:
+    """A random batch as the pretraining data pipeline delivers it for `method` (see the module docstring)."""
+    rng = torch.Generator().manual_seed(args.seed)
+    shapes = view_shapes(method, args.image_size)
+    if shapes is None:
+        batch: Batch = {"image": torch.randn(args.batch, 3, args.image_size, args.image_size, generator=rng)}
+    else:
+        views = [torch.randn(args.batch, *shape, generator=rng) for shape in shapes]
+        batch = {"views": views, "image": views[0]}
+    count = method.num_masks
+    if count == 1:
+        batch["token_mask"] = masks(args.batch, generator=rng)
+    elif count > 1:
+        batch["token_mask"] = masks(args.batch * count, generator=rng).reshape(args.batch, count, -1)
+    return batch
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device`; `image` stays the same tensor as ``views[0]``."""
+    out = {key: value.to(device) for key, value in batch.items() if key != "views"}
+    if "views" in batch:
+        out["views"] = [view.to(device) for view in batch["views"]]
+        out["image"] = out["views"][0]
+    return out
+
+
 def build_parts(args: argparse.Namespace) -> dict[str, Any]:
-    """Encoder, method and the batch (images + `token_mask`) on the device, identically for both variants."""
+    """Encoder, method and the batch (images or views, `token_mask`) on the device, identically for both
+    variants."""
     device = torch.device(args.device)
     objective = OmegaConf.load(OBJECTIVES / f"{args.method}.yaml")
     options = OmegaConf.to_container(objective, resolve=True).get("options") or {}
@@ -87,13 +139,10 @@ def build_parts(args: argparse.Namespace) -> dict[str, Any]:
         options["teacher"] = {"model_name": args.teacher, "weights": None, "image_size": args.image_size}
     method = build_method(args.method, encoder, **options)
     masks = MaskGenerator(kind=objective.mask_kind, ratio=objective.mask_ratio, grid=encoder.grid_size)
-    rng = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=rng)
-    batch = {"image": images, "token_mask": masks(args.batch, generator=rng)}
     return {
         "encoder": encoder,
         "method": method,
-        "batch": {key: value.to(device) for key, value in batch.items()},
+        "batch": to_device(build_batch(args, method, masks), device),
         "optim": OptimConfig(),
         "device": device,
     }
@@ -167,9 +216,12 @@ def run_lightning(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, 
         parts["encoder"],
         parts["method"],
         lr=optim.lr,
+        base_lr=optim.base_lr,
+        batch_size=args.batch,
         weight_decay=optim.weight_decay,
         layer_decay=optim.layer_decay,
         warmup_steps=optim.warmup_steps,
+        warmup_fraction=optim.warmup_fraction,
         total_steps=args.steps,
         betas=tuple(optim.betas),
         num_classes=None,
@@ -206,11 +258,15 @@ def run_bare(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
     encoder.to(device).train()
     method.to(device).train()
     heads = [(f"method.{name}", param) for name, param in method.named_parameters()]
+    lr = scaled_lr(optim.base_lr, args.batch, optim.lr)  # one process, no accumulation
     groups = param_groups(
-        encoder, heads, lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay
+        encoder, heads, lr=lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay
     )
     optimizer, schedule = build_optimizer(
-        groups, total_steps=args.steps, warmup_steps=optim.warmup_steps, betas=tuple(optim.betas)
+        groups,
+        total_steps=args.steps,
+        warmup_steps=warmup_length(args.steps, optim.warmup_steps, optim.warmup_fraction),
+        betas=tuple(optim.betas),
     )
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bf16 = args.precision == "bf16-mixed"
@@ -220,7 +276,13 @@ def run_bare(args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
         sync(device)
         marks.append(time.perf_counter())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = method(encoder, batch["image"], batch["token_mask"], step=step)
+            out = method(
+                encoder,
+                batch.get("views", batch["image"]),
+                batch.get("token_mask"),
+                step=step,
+                total_steps=args.steps,
+            )
             loss = out["loss"].float()
             check_finite(loss, step)
         loss.backward()
@@ -249,8 +311,9 @@ def run_variant(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def spawn(variant: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+def spawn(method: str, variant: str) -> dict[str, Any]:
+    # argparse keeps the last --method, so this overrides "all"
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--variant", variant]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{variant} variant failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
@@ -265,7 +328,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--method", default="mlm_ema", choices=["mlm_ema", "mae", "mlm_clip"])
+    parser.add_argument(
+        "--method", default="mlm_ema", choices=[*METHODS, "all"], help="a pretraining method, or all of them"
+    )
     parser.add_argument("--teacher", default="ViT-B-16", help="open_clip model for mlm_clip (random init)")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of the timing")
@@ -287,15 +352,20 @@ def main() -> None:
     if args.variant:
         run_variant(args)
         return
+    for method in METHODS if args.method == "all" else [args.method]:
+        compare(args, method)
 
+
+def compare(args: argparse.Namespace, method: str) -> None:
+    """Alternate the variants' subprocesses for `method` and print the header, variant and ratio lines."""
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for _ in range(args.repeats):
         for variant in VARIANTS:
-            runs[variant].append(spawn(variant))
+            runs[variant].append(spawn(method, variant))
     speed: dict[str, float] = {}
     threads = f", {args.threads or 'default'} thread(s)" if args.device == "cpu" else ""
     print(
-        f"{args.method}, {args.arch}/{args.patch} at {args.image_size} px, B={args.batch}, {args.device} "
+        f"{method}, {args.arch}/{args.patch} at {args.image_size} px, B={args.batch}, {args.device} "
         f"{args.precision}{threads}: {runs['bare'][0]['timed_steps']} timed steps per run, images/s from "
         f"the median step time, best of {args.repeats} runs"
     )
@@ -308,7 +378,10 @@ def main() -> None:
             f"{best['memory_how']} {mem:.0f} MiB, final loss {best['loss']:.7g}"
         )
     ratio = speed["lightning"] / speed["bare"]
-    print(f"Lightning Trainer vs bare loop: {speed['lightning']:.0f} img/s ratio={ratio:.2f}")
+    print(
+        f"{method}: Lightning Trainer vs bare loop: {speed['lightning']:.0f} img/s ratio={ratio:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -120,6 +120,16 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """SSL monitors on the validation images every `every_n_steps` (0: off): leave-one-out kNN balanced
+    accuracy (k neighbours), RankMe and feature std of up to `max_images` images."""
+
+    every_n_steps: int = 50
+    max_images: int = 2000
+    k: int = 20
+
+
+@dataclass
 class TrainerConfig:
     """Lightning Trainer settings (presets in configs/trainer: cpu, gpu, ddp, fsdp)."""
 
@@ -160,6 +170,7 @@ class PretrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 @dataclass

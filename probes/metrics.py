@@ -525,6 +525,54 @@ def bootstrap_ci(
     return BootstrapResult(intervals, n_used=n_used, n_resamples=int(n_resamples), level=level, seed=seed)
 
 
+def paired_bootstrap_difference(
+    y_true: Any,
+    proba_a: Any,
+    proba_b: Any,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Difference (a - b) of every metric two models reach on the same test images, with a paired stratified
+    bootstrap percentile interval: each resample draws the images once (within each class) and scores both
+    models on that draw, so what the images have in common cancels. Returns metric name ->
+    ``{"difference", "low", "high", "p_not_above_0"}`` (the last: the share of resamples where a - b <= 0).
+    Raises `ProbeError` for invalid or mismatched inputs."""
+    y, p_a = check_probabilities(y_true, proba_a)
+    _, p_b = check_probabilities(y_true, proba_b)
+    if p_a.shape != p_b.shape:
+        raise ProbeError(f"paired models must score the same images and classes: {p_a.shape} vs {p_b.shape}")
+    point_a, point_b = classification_metrics(y, p_a).values, classification_metrics(y, p_b).values
+    names = [n for n in point_a if n in point_b]
+    scorers = (_WeightedScorer(y, p_a, names), _WeightedScorer(y, p_b, names))
+    sampler = _StratifiedSampler(y, seed)
+    chunk = max(1, min(int(n_resamples), 2_000_000 // max(len(y), 1)))
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    done = 0
+    while done < n_resamples:
+        counts = sampler.counts(sampler.draw(min(chunk, n_resamples - done)))
+        a, b = scorers[0](counts), scorers[1](counts)
+        for name in names:
+            diffs[name].append(a[name] - b[name])
+        done += len(counts)
+    tail = 100.0 * (1.0 - level) / 2.0
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = np.concatenate(diffs[name])
+        values = values[np.isfinite(values)]
+        if not values.size:
+            continue
+        lo, hi = np.percentile(values, [tail, 100.0 - tail])
+        out[name] = {
+            "difference": float(point_a[name] - point_b[name]),
+            "low": float(lo),
+            "high": float(hi),
+            "p_not_above_0": float((values <= 0).mean()),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ subgroups
 
 

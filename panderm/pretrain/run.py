@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from panderm.models.masking import MaskGenerator
 from panderm.pretrain.datamodule import PretrainDataModule, ShardPretrainDataModule
 from panderm.pretrain.methods import build_method
 from panderm.pretrain.module import PretrainModule
+from panderm.pretrain.monitors import SSLMonitor
 from panderm.pretrain.strategy import build_strategy
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
@@ -77,8 +79,9 @@ def build_teacher(cfg: TeacherConfig | DictConfig, encoder: Encoder) -> torch.nn
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), CSV logs, progress bar."""
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Any] = ()) -> L.Trainer:
+    """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), CSV logs, progress bar, and
+    `extra_callbacks`."""
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINTS,
@@ -88,7 +91,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         # On SIGTERM (or a crash) Lightning stops after the current batch; this writes last.ckpt right there.
         save_on_exception=True,
     )
-    callbacks: list[Any] = [checkpoint]
+    callbacks: list[Any] = [checkpoint, *extra_callbacks]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
@@ -169,6 +172,50 @@ def build_datamodule(
     return ShardPretrainDataModule(cfg.data.path, run_dir, masks, **common)
 
 
+def _curve(
+    ax: Any, frame: pd.DataFrame, column: str, style: str, label: str, color: str | None = None
+) -> bool:
+    if column not in frame:
+        return False
+    points = frame.dropna(subset=[column])
+    if points.empty:
+        return False
+    ax.plot(points["step"], points[column], style, label=label, color=color)
+    return True
+
+
+def plot_pretrain(run_dir: Path, path: Path) -> Path | None:
+    """The training loss per step (and per epoch) from the CSV log and, beside it, the monitors that say
+    whether SSL is working: kNN balanced accuracy on validation features and the online probe; the
+    features' effective rank (RankMe) and the teacher's entropy (DINO/iBOT)."""
+    metrics_csv = run_dir / "logs" / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    frame = pd.read_csv(metrics_csv)
+    if not any(c in frame for c in ("train/loss_step", "train/loss_epoch")):
+        return None
+    fig, (loss_ax, acc_ax, rank_ax) = plt.subplots(1, 3, figsize=(13, 3.5))
+    _curve(loss_ax, frame, "train/loss_step", "-", "training loss (step)")
+    _curve(loss_ax, frame, "train/loss_epoch", "o--", "training loss (epoch)")
+    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    loss_ax.legend(loc="upper right", fontsize=8)
+    shown = _curve(acc_ax, frame, "monitor/knn_bacc", "o-", "kNN (val, leave-one-out)")
+    shown |= _curve(acc_ax, frame, "val/probe_balanced_accuracy", "s--", "online linear probe (val)")
+    acc_ax.set(xlabel="step", ylabel="balanced accuracy", title="does it learn?")
+    if shown:
+        acc_ax.legend(loc="lower right", fontsize=8)
+    _curve(rank_ax, frame, "monitor/rankme", "o-", "RankMe (val features)", "tab:green")
+    rank_ax.set(xlabel="step", ylabel="effective rank", title="collapse checks")
+    if "train/teacher_entropy_step" in frame:
+        twin = rank_ax.twinx()
+        _curve(twin, frame, "train/teacher_entropy_step", "-", "teacher entropy", "tab:purple")
+        twin.set_ylabel("teacher entropy (nats)", color="tab:purple")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
 def plot_loss(
     run_dir: Path,
     path: Path,
@@ -236,7 +283,12 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
         probe_lr=cfg.optim.probe_lr,
         on_nonfinite=cfg.on_nonfinite,
     )
-    trainer = build_trainer(cfg, run_dir)
+    monitors = []
+    if cfg.monitor.every_n_steps > 0:
+        monitors.append(
+            SSLMonitor(cfg.monitor.every_n_steps, max_images=cfg.monitor.max_images, k=cfg.monitor.k)
+        )
+    trainer = build_trainer(cfg, run_dir, monitors)
     fit_resumable(trainer, module, data, run_dir)
     metrics: dict[str, Any] = {
         key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1
@@ -245,7 +297,7 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
     if trainer.is_global_zero:
         recipe = OmegaConf.to_container(cfg, resolve=True)
         save_encoder(encoder, run_dir / "encoder", recipe=recipe)
-        curve = plot_loss(run_dir, run_dir / "figures" / "pretrain_loss.png")
+        curve = plot_pretrain(run_dir, run_dir / "figures" / "pretrain_loss.png")
         write_metrics(run_dir, metrics)
         report = Report("panderm pretrain")
         report.text(
@@ -255,7 +307,11 @@ def run_pretrain(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, 
             "The exported encoder is `encoder.safetensors` (+ `encoder.json`)."
         )
         if curve:
-            report.figure(curve, "training loss and online-probe balanced accuracy", relative_to=run_dir)
+            report.figure(
+                curve,
+                "training loss, kNN/online-probe accuracy, RankMe and teacher entropy",
+                relative_to=run_dir,
+            )
         report.table(pd.DataFrame([metrics]), "Final metrics")
         report.write(run_dir)
     return metrics

@@ -286,3 +286,31 @@ def test_subgroup_missing_group_values_and_length_check():
     assert df["n"].sum() == 40
     with pytest.raises(ProbeError, match="one value per sample"):
         subgroup_metrics(y, p, groups[:10], column="sex")
+
+
+def test_paired_bootstrap_difference_matches_a_brute_force_loop():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from probes.metrics import paired_bootstrap_difference, stratified_bootstrap_indices
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    a = rng.dirichlet(np.ones(3), 120)
+    a[np.arange(120), y] += 0.6  # model a is better
+    a /= a.sum(1, keepdims=True)
+    b = rng.dirichlet(np.ones(3), 120)
+    out = paired_bootstrap_difference(y, a, b, n_resamples=200, seed=3)
+    rows = stratified_bootstrap_indices(y, 200, seed=3)
+    brute = [
+        balanced_accuracy_score(y[r], a[r].argmax(1)) - balanced_accuracy_score(y[r], b[r].argmax(1))
+        for r in rows
+    ]
+    bacc = out["balanced_accuracy"]
+    assert bacc["difference"] == pytest.approx(
+        balanced_accuracy_score(y, a.argmax(1)) - balanced_accuracy_score(y, b.argmax(1))
+    )
+    assert [bacc["low"], bacc["high"]] == pytest.approx(np.percentile(brute, [2.5, 97.5]))
+    assert bacc["low"] > 0 and bacc["p_not_above_0"] == pytest.approx(np.mean(np.array(brute) <= 0))
+    # a model against itself: every difference is 0
+    same = paired_bootstrap_difference(y, a, a, n_resamples=50)
+    assert all(v["low"] == v["high"] == 0 for v in same.values())
