@@ -50,6 +50,8 @@ from panderm.pretrain.run import run_pretrain  # noqa: E402
 from probes.encoders import load_probe_encoder  # noqa: E402
 from probes.features import extract_features  # noqa: E402
 from probes.knn import knn_proba  # noqa: E402
+from probes.predictions import probability_columns  # noqa: E402
+from probes.run import run_probe  # noqa: E402
 
 log = logging.getLogger("pretrain_table")
 SHARED_DATA = Path(os.environ.get("PANDERM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -92,7 +94,7 @@ def pretrain(
     return run
 
 
-def features(spec: str, manifest, split: str, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def features(spec: str, manifest, split: str, image_size: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     encoder = load_probe_encoder(spec, image_size=image_size, seed=seed)
     fs = extract_features(encoder, manifest, split, progress=False, amp=False)
     return np.asarray(fs.features, dtype=np.float32), np.asarray(fs.labels)
@@ -105,7 +107,8 @@ def score_on_val(spec: str, manifest, image_size: int, num_classes: int) -> dict
     train_x, train_y = features(spec, manifest, "train", image_size)
     val_x, val_y = features(spec, manifest, "val", image_size)
     scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit(scaler.transform(train_x), train_y)
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000)
+    clf.fit(scaler.transform(train_x), train_y)
     proba = clf.predict_proba(scaler.transform(val_x))
     knn = knn_proba(train_x, train_y, val_x, num_classes=num_classes, balanced=True)
     return {
@@ -140,6 +143,137 @@ def select(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
     print(pd.DataFrame(rows).round(3).to_markdown(index=False))
 
 
+# ------------------------------------------------------------------------------------------------ table
+
+
+def probe_run(
+    spec: str, probe: str, run_dir: Path, export: Path, args: argparse.Namespace, seed: int
+) -> Path:
+    """`panderm probe` (its code: `run_probe`) on DermaMNIST with `spec`; reused when already done."""
+    if (run_dir / "metrics.json").is_file():
+        return run_dir
+    register_configs()
+    overrides = [
+        "data=medmnist",
+        f"data.path={DERMAMNIST}",
+        f"data.out_dir={export}",
+        f"probe={probe}",
+        f"seed={seed}",
+        f"cache_dir={args.out / 'feature_cache'}",
+        "plots=false",
+    ]
+    if probe == "knn":
+        overrides.append("probe.options.balanced=true")
+    with initialize_config_dir(str(config_dir("probe")), version_base="1.3"):
+        cfg = compose("probe", overrides=overrides)
+    if spec.endswith(".npz"):
+        cfg.features, cfg.encoder = spec, None
+    else:
+        cfg.encoder = spec
+    run_probe(cfg, run_dir)
+    return run_dir
+
+
+def test_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test-split ids, gold labels and class probabilities of a probe run's predictions.csv."""
+    frame = pd.read_csv(run_dir / "predictions.csv")
+    frame = frame[frame["split"] == "test"].sort_values("filename")
+    columns = probability_columns(sum(c.startswith("probability_class_") for c in frame))
+    return frame["filename"].to_numpy(), frame["true_label"].to_numpy(), frame[columns].to_numpy()
+
+
+def pixel_features(out: Path) -> Path:
+    """The 28x28x3 pixels in [0, 1], flattened, as a features npz (train/val/test x, y, ids)."""
+    path = out / "features" / "dermamnist_pixels.npz"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    with np.load(DERMAMNIST) as data:
+        for split in ("train", "val", "test"):
+            images = data[f"{split}_images"]
+            arrays[f"{split}_x"] = images.reshape(len(images), -1).astype(np.float32) / 255.0
+            arrays[f"{split}_y"] = data[f"{split}_labels"].reshape(-1).astype(np.int64)
+            arrays[f"{split}_ids"] = np.array([f"images/{split}_{i:05d}.png" for i in range(len(images))])
+    np.savez(path, **arrays)
+    return path
+
+
+def brightness_check(spec: str, manifest, image_size: int) -> float:
+    """|corr| between the first principal component of test CLS features and mean image brightness."""
+    x, _ = features(spec, manifest, "test", image_size)
+    x = x - x.mean(0)
+    pc1 = x @ np.linalg.svd(x, full_matrices=False)[2][0]
+    with np.load(DERMAMNIST) as data:
+        brightness = data["test_images"].reshape(len(x), -1).mean(1)
+    return float(abs(np.corrcoef(pc1, brightness)[0, 1]))
+
+
+def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
+    from probes.metrics import paired_bootstrap_difference
+
+    rows: list[dict[str, Any]] = []
+    random_spec = f"random:vit_tiny/{args.patch_size}@{args.image_size}"
+    pixels = str(pixel_features(out))
+    for probe in ("linear_sweep", "knn"):
+        pixel_run = probe_run(pixels, probe, out / "probes" / f"pixels_{probe}", export, args, 0)
+        for seed in args.seeds:
+            random_run = probe_run(
+                random_spec, probe, out / "probes" / f"random_s{seed}_{probe}", export, args, seed
+            )
+            _, y, p_random = test_predictions(random_run)
+            _, _, p_pixels = test_predictions(pixel_run)
+            for objective in args.objectives.split(","):
+                for steps in (args.steps, args.steps // 4):
+                    if steps != args.steps and seed != args.seeds[0]:
+                        continue  # the quarter budget: first seed only
+                    start = time.perf_counter()
+                    run = pretrain(out, export, objective, seed, steps, args)
+                    name = f"{objective}_s{seed}_{steps}"
+                    spec = str(run / "encoder")
+                    probe_dir = probe_run(spec, probe, out / "probes" / f"{name}_{probe}", export, args, seed)
+                    _, y_p, p = test_predictions(probe_dir)
+                    assert (y_p == y).all()
+                    vs_random = paired_bootstrap_difference(y, p, p_random, seed=seed)
+                    vs_pixels = paired_bootstrap_difference(y, p, p_pixels, seed=seed)
+                    metrics = json.loads((probe_dir / "metrics.json").read_text())["test"]
+                    row = {
+                        "objective": objective,
+                        "seed": seed,
+                        "steps": steps,
+                        "pretrain_s": float((run / "seconds.txt").read_text())
+                        if (run / "seconds.txt").is_file()
+                        else None,
+                        "probe": probe,
+                        "bacc": metrics["values"]["balanced_accuracy"],
+                        "auroc": metrics["values"].get("auroc_macro_ovr"),
+                        "random_bacc": vs_random["balanced_accuracy"]["difference"] * -1
+                        + metrics["values"]["balanced_accuracy"],
+                        "d_bacc_random": vs_random["balanced_accuracy"]["difference"],
+                        "d_bacc_random_ci": (
+                            vs_random["balanced_accuracy"]["low"],
+                            vs_random["balanced_accuracy"]["high"],
+                        ),
+                        "d_auroc_random": vs_random["auroc_macro_ovr"]["difference"],
+                        "d_auroc_random_ci": (
+                            vs_random["auroc_macro_ovr"]["low"],
+                            vs_random["auroc_macro_ovr"]["high"],
+                        ),
+                        "d_bacc_pixels": vs_pixels["balanced_accuracy"]["difference"],
+                        "d_bacc_pixels_ci": (
+                            vs_pixels["balanced_accuracy"]["low"],
+                            vs_pixels["balanced_accuracy"]["high"],
+                        ),
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                    log.info("%s", row)
+                    rows.append(row)
+                    pd.DataFrame(rows).to_csv(out / "pretrain_table.csv", index=False)
+    frame = pd.DataFrame(rows)
+    (out / "pretrain_table.md").write_text(frame.round(3).to_markdown(index=False) + "\n")
+    print(frame.round(3).to_markdown(index=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=("select", "table"), default="select")
@@ -160,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     if args.stage == "select":
         select(args, out, manifest, export)
+    else:
+        table(args, out, manifest, export)
     return 0
 
 
