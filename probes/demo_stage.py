@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from panderm.config import ProbeConfig
 from panderm.paths import config_dir
-from probes.run import run_probe
+from probes.predictions import paired_difference_table
+from probes.run import PREDICTIONS, run_probe
 
 SHOWN = ("balanced_accuracy", "accuracy", "auroc_macro_ovr", "auroc", "f1_macro", "ece")
 
@@ -28,7 +29,7 @@ def probe_stage(ctx: Any) -> None:
     exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
     if pretrain.enabled and exported.is_file():
         sources = {"demo-pretrained": str(exported), **sources}
-    rows, figures = [], []
+    rows, figures, runs = [], [], {}
     for source, encoder in sources.items():
         for probe in stage.probes:
             cfg = OmegaConf.structured(ProbeConfig)
@@ -39,6 +40,7 @@ def probe_stage(ctx: Any) -> None:
             cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset(probe)))
             run_dir = ctx.run_dir / "probe" / f"{source.replace(' ', '_')}-{probe}"
             result = run_probe(cfg, run_dir)["test"]
+            runs[source, probe] = run_dir
             values = result["values"]
             row: dict[str, Any] = {"encoder": source, "probe": probe}
             for name in SHOWN:
@@ -57,6 +59,31 @@ def probe_stage(ctx: Any) -> None:
         f"({', '.join(stage.subgroups)}) and per-image predictions are in each run folder under `probe/`."
     )
     ctx.report.table(pd.DataFrame(rows), "Test metrics per encoder and probe")
+    gains = []
+    for probe in stage.probes:
+        if ("demo-pretrained", probe) not in runs:
+            continue
+        paired = paired_difference_table(
+            runs["demo-pretrained", probe] / PREDICTIONS,
+            runs["random init", probe] / PREDICTIONS,
+            seed=ctx.cfg.seed,
+        )
+        ctx.metrics.setdefault("probe_gain", {})[probe] = paired
+        for name in ("balanced_accuracy", "auroc_macro_ovr", "auroc"):
+            if name in paired:
+                d = paired[name]
+                gains.append(
+                    {
+                        "probe": probe,
+                        "metric": name,
+                        "pretrained - random": f"{d['difference']:+.3f}",
+                        "95% CI (paired bootstrap)": f"[{d['low']:+.3f}, {d['high']:+.3f}]",
+                    }
+                )
+    if gains:
+        ctx.report.table(
+            pd.DataFrame(gains), "What pretraining adds: paired differences on the same test images"
+        )
     for path, caption in figures:
         ctx.report.figure(path, caption, relative_to=ctx.run_dir)
 

@@ -19,12 +19,15 @@ import pandas as pd
 
 from panderm.errors import ProbeError
 from panderm.io import atomic_write
-from probes.metrics import MetricResult, check_probabilities
+from probes.metrics import MetricResult, check_probabilities, paired_bootstrap_difference
 
 __all__ = [
     "PREDICTION_COLUMNS",
     "SUMMARY_COLUMNS",
+    "paired_difference_table",
+    "prediction_proba",
     "probability_columns",
+    "read_predictions",
     "summary_row",
     "write_predictions",
     "write_summary",
@@ -80,6 +83,42 @@ def write_predictions(
                 raise ProbeError(f"extra column {name!r} has {len(values)} entries but there are {n} samples")
             table[name] = np.asarray(values)
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def read_predictions(path: str | os.PathLike[str], split: str | None = "test") -> pd.DataFrame:
+    """A predictions CSV (from `write_predictions`) sorted by `filename`, the rows of `split` only when the
+    file has a `split` column; `prediction_proba(frame)` gives its (N, C) probabilities."""
+    frame = pd.read_csv(path)
+    if split is not None and "split" in frame:
+        frame = frame[frame["split"] == split]
+    return frame.sort_values("filename", kind="stable").reset_index(drop=True)
+
+
+def prediction_proba(frame: pd.DataFrame) -> np.ndarray:
+    """The (N, C) probability columns of a predictions table, in class order."""
+    n = sum(str(c).startswith("probability_class_") for c in frame.columns)
+    return frame[probability_columns(n)].to_numpy(dtype=np.float64)
+
+
+def paired_difference_table(
+    pretrained: str | os.PathLike[str],
+    baseline: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> dict[str, dict[str, Any]]:
+    """`probes.metrics.paired_bootstrap_difference` of two probe runs' test predictions (files of the same
+    test images; a mismatch raises `ProbeError`)."""
+    a, b = read_predictions(pretrained), read_predictions(baseline)
+    if a["filename"].tolist() != b["filename"].tolist() or not (a["true_label"] == b["true_label"]).all():
+        raise ProbeError(f"{pretrained} and {baseline} do not hold predictions for the same test images")
+    return paired_bootstrap_difference(
+        a["true_label"].to_numpy(),
+        prediction_proba(a),
+        prediction_proba(b),
+        seed=seed,
+        n_resamples=n_resamples,
+    )
 
 
 def _metric(metrics: MetricResult, *names: str) -> float:

@@ -50,7 +50,7 @@ from panderm.pretrain.run import run_pretrain  # noqa: E402
 from probes.encoders import load_probe_encoder  # noqa: E402
 from probes.features import extract_features  # noqa: E402
 from probes.knn import knn_proba  # noqa: E402
-from probes.predictions import probability_columns  # noqa: E402
+from probes.predictions import paired_difference_table  # noqa: E402
 from probes.run import run_probe  # noqa: E402
 
 log = logging.getLogger("pretrain_table")
@@ -174,14 +174,6 @@ def probe_run(
     return run_dir
 
 
-def test_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Test-split ids, gold labels and class probabilities of a probe run's predictions.csv."""
-    frame = pd.read_csv(run_dir / "predictions.csv")
-    frame = frame[frame["split"] == "test"].sort_values("filename")
-    columns = probability_columns(sum(c.startswith("probability_class_") for c in frame))
-    return frame["filename"].to_numpy(), frame["true_label"].to_numpy(), frame[columns].to_numpy()
-
-
 def pixel_features(out: Path) -> Path:
     """The 28x28x3 pixels in [0, 1], flattened, as a features npz (train/val/test x, y, ids)."""
     path = out / "features" / "dermamnist_pixels.npz"
@@ -210,8 +202,6 @@ def brightness_check(spec: str, manifest, image_size: int) -> float:
 
 
 def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
-    from probes.metrics import paired_bootstrap_difference
-
     rows: list[dict[str, Any]] = []
     random_spec = f"random:vit_tiny/{args.patch_size}@{args.image_size}"
     pixels = str(pixel_features(out))
@@ -221,8 +211,6 @@ def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
             random_run = probe_run(
                 random_spec, probe, out / "probes" / f"random_s{seed}_{probe}", export, args, seed
             )
-            _, y, p_random = test_predictions(random_run)
-            _, _, p_pixels = test_predictions(pixel_run)
             for objective in args.objectives.split(","):
                 for steps in (args.steps, args.steps // 4):
                     if steps != args.steps and seed != args.seeds[0]:
@@ -232,10 +220,11 @@ def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
                     name = f"{objective}_s{seed}_{steps}"
                     spec = str(run / "encoder")
                     probe_dir = probe_run(spec, probe, out / "probes" / f"{name}_{probe}", export, args, seed)
-                    _, y_p, p = test_predictions(probe_dir)
-                    assert (y_p == y).all()
-                    vs_random = paired_bootstrap_difference(y, p, p_random, seed=seed)
-                    vs_pixels = paired_bootstrap_difference(y, p, p_pixels, seed=seed)
+                    predictions = probe_dir / "predictions.csv"
+                    vs_random = paired_difference_table(
+                        predictions, random_run / "predictions.csv", seed=seed
+                    )
+                    vs_pixels = paired_difference_table(predictions, pixel_run / "predictions.csv", seed=seed)
                     metrics = json.loads((probe_dir / "metrics.json").read_text())["test"]
                     row = {
                         "objective": objective,

@@ -314,3 +314,23 @@ def test_paired_bootstrap_difference_matches_a_brute_force_loop():
     # a model against itself: every difference is 0
     same = paired_bootstrap_difference(y, a, a, n_resamples=50)
     assert all(v["low"] == v["high"] == 0 for v in same.values())
+
+
+def test_paired_difference_table_reads_two_prediction_files(tmp_path):
+    from probes.metrics import paired_bootstrap_difference
+    from probes.predictions import paired_difference_table, write_predictions
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 40)
+    a, b = rng.dirichlet(np.ones(2), 40), rng.dirichlet(np.ones(2), 40)
+    ids = [f"img{i:02d}.png" for i in range(40)]
+    order = rng.permutation(40)  # the second file lists the images in another order
+    write_predictions(tmp_path / "a.csv", ids, y, a, ["x", "y"], split="test")
+    write_predictions(
+        tmp_path / "b.csv", [ids[i] for i in order], y[order], b[order], ["x", "y"], split="test"
+    )
+    got = paired_difference_table(tmp_path / "a.csv", tmp_path / "b.csv", n_resamples=100)
+    assert got == paired_bootstrap_difference(y, a, b, n_resamples=100)
+    write_predictions(tmp_path / "c.csv", ids[:39], y[:39], a[:39], ["x", "y"], split="test")
+    with pytest.raises(ProbeError, match="same test images"):
+        paired_difference_table(tmp_path / "a.csv", tmp_path / "c.csv")
