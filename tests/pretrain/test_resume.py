@@ -29,8 +29,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Tiny heads for the multi-view methods, so the subprocess runs stay a few seconds each.
 TINY_HEADS = {
-    "ibot": ["objective.options={num_prototypes:64,hidden_dim:32,bottleneck_dim:16,local_crops:2}"],
-    "simclr": ["objective.options={proj_dim:16,hidden_dim:32}"],
+    "ibot": ["++objective.options={num_prototypes:64,hidden_dim:32,bottleneck_dim:16,local_crops:2}"],
+    "simclr": ["++objective.options={proj_dim:16,hidden_dim:32}"],
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -61,7 +62,7 @@ def test_pretrain_writes_outputs_exports_and_resumes(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
-    def nan_loss(self, encoder, images, mask, *, step=0):
+    def nan_loss(self, encoder, images, mask, *, step=0, total_steps=None):
         return {"loss": (encoder.mask_token.sum() * float("nan"))}
 
     monkeypatch.setattr(methods.MlmEma, "forward", nan_loss)
@@ -81,3 +82,55 @@ def test_slurm_launcher_preset_composes(tmp_path):
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    "objective, options",
+    [
+        ("ibot", "{num_prototypes:64,hidden_dim:32,bottleneck_dim:16,local_crops:2}"),
+        ("simclr", "{proj_dim:16,hidden_dim:32}"),
+    ],
+)
+def test_multiview_objectives_train_log_monitors_and_export(tmp_path, objective, options):
+    run = tmp_path / "run"
+    cfg = pretrain_config(
+        tmp_path, f"objective={objective}", f"++objective.options={options}", "monitor.every_n_steps=1"
+    )
+    metrics = run_pretrain(cfg, run)
+    assert metrics["global_step"] >= 2 and torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+    log = pd.read_csv(run / "logs" / "metrics.csv")
+    monitors = log.dropna(subset=["monitor/rankme"])
+    # one row per step from the encoder at initialisation (step 0) on
+    assert monitors["step"].tolist() == list(range(metrics["global_step"] + 1))
+    assert ((monitors["monitor/knn_bacc"] >= 0) & (monitors["monitor/knn_bacc"] <= 1)).all()
+    assert (monitors["monitor/rankme"] >= 1).all() and (monitors["monitor/feature_std"] > 0).all()
+    if objective == "ibot":
+        assert {"train/teacher_entropy_epoch", "train/patch_epoch"} <= set(log.columns)
+    assert (run / "figures" / "pretrain_loss.png").is_file()
+    encoder = load_encoder(run / "encoder")  # strict: the heads and teacher are not part of the export
+    assert encoder.features(torch.zeros(1, 3, 32, 32)).shape == (1, 192)
+
+
+def test_lr_scales_with_the_global_batch_and_warmup_is_a_fraction(tmp_path):
+    from panderm.pretrain.optim import scaled_lr, warmup_length
+
+    assert scaled_lr(1e-3, 512) == pytest.approx(2e-3) and scaled_lr(1e-3, 64) == pytest.approx(2.5e-4)
+    assert scaled_lr(1e-3, 64, lr=0.1) == 0.1
+    assert warmup_length(200, None, 0.1) == 20 and warmup_length(200, 7, 0.1) == 7
+    assert warmup_length(3, None, 0.1) == 1  # never 0 steps
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        warmup_length(10, None, 1.5)
+
+
+def test_experiment_preset_for_vit_b16_on_gpus_composes():
+    register_configs()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("pretrain", overrides=["experiment=vit_b16_gpu", "trainer.devices=8"])
+    assert cfg.encoder.arch == "vit_base" and cfg.encoder.patch_size == 16 and cfg.image_size == 224
+    assert cfg.encoder.image_size == 224 and cfg.trainer.precision == "bf16-mixed" and cfg.trainer.compile
+    assert cfg.trainer.devices == 8 and cfg.objective.name == compose_default_objective()
+
+
+def compose_default_objective() -> str:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("pretrain").objective.name
