@@ -93,9 +93,9 @@ class TeacherConfig:
 class ObjectiveConfig:
     """The pretraining method, its masking and its method-specific arguments (`options`)."""
 
-    name: str = "mlm_ema"
+    name: str = "simclr"
     mask_kind: str = "block"
-    mask_ratio: float = 0.5
+    mask_ratio: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -178,8 +178,8 @@ class DemoPretrainConfig:
     """The demo's pretraining stage: `panderm pretrain` defaults on the demo data with this budget."""
 
     enabled: bool = True
-    max_epochs: int = 15
-    batch_size: int = 64
+    max_epochs: int = 10
+    batch_size: int = 32
     progress_bar: bool = True
 
 

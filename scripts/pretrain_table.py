@@ -201,66 +201,127 @@ def brightness_check(spec: str, manifest, image_size: int) -> float:
     return float(abs(np.corrcoef(pc1, brightness)[0, 1]))
 
 
+def _ci(d: dict[str, float]) -> str:
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _value(metrics: dict[str, Any], name: str) -> str:
+    low, high = metrics["ci95"]["intervals"][name]
+    return f"{metrics['values'][name]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def learning_curve(runs: dict[str, Path], path: Path) -> None:
+    """kNN balanced accuracy on val (the runs' monitor) against pretraining steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, run in runs.items():
+        log_csv = run / "logs" / "metrics.csv"
+        frame = pd.read_csv(log_csv) if log_csv.is_file() else pd.DataFrame()
+        if "monitor/knn_bacc" in frame:
+            points = frame.dropna(subset=["monitor/knn_bacc"])
+            ax.plot(points["step"], points["monitor/knn_bacc"], "o-", label=name)
+    ax.set(xlabel="pretraining step", ylabel="kNN balanced accuracy (val, leave-one-out)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
-    rows: list[dict[str, Any]] = []
-    random_spec = f"random:vit_tiny/{args.patch_size}@{args.image_size}"
+    """Pretrain every (objective, seed) at the budget (and the first seed at a quarter of it), probe each
+    encoder, random init per seed and raw pixels on the test split, and tabulate paired differences."""
+    budgets = [(o, seed, args.steps) for seed in args.seeds for o in args.objectives.split(",")]
+    budgets += [(o, args.seeds[0], args.steps // 4) for o in args.objectives.split(",")]
+    runs = {
+        f"{o} seed {seed}, {steps} steps": pretrain(out, export, o, seed, steps, args)
+        for o, seed, steps in budgets
+    }
+    learning_curve(runs, out / "learning_curve.png")
     pixels = str(pixel_features(out))
+    random_spec = f"random:vit_tiny/{args.patch_size}@{args.image_size}"
+    rows: list[dict[str, Any]] = []
     for probe in ("linear_sweep", "knn"):
         pixel_run = probe_run(pixels, probe, out / "probes" / f"pixels_{probe}", export, args, 0)
+        pixel_metrics = json.loads((pixel_run / "metrics.json").read_text())["test"]
+        rows.append(
+            {
+                "features": "raw pixels",
+                "probe": probe,
+                "bacc": _value(pixel_metrics, "balanced_accuracy"),
+                "auroc": _value(pixel_metrics, "auroc_macro_ovr"),
+            }
+        )
         for seed in args.seeds:
             random_run = probe_run(
                 random_spec, probe, out / "probes" / f"random_s{seed}_{probe}", export, args, seed
             )
-            for objective in args.objectives.split(","):
-                for steps in (args.steps, args.steps // 4):
-                    if steps != args.steps and seed != args.seeds[0]:
-                        continue  # the quarter budget: first seed only
-                    start = time.perf_counter()
-                    run = pretrain(out, export, objective, seed, steps, args)
-                    name = f"{objective}_s{seed}_{steps}"
-                    spec = str(run / "encoder")
-                    probe_dir = probe_run(spec, probe, out / "probes" / f"{name}_{probe}", export, args, seed)
-                    predictions = probe_dir / "predictions.csv"
-                    vs_random = paired_difference_table(
-                        predictions, random_run / "predictions.csv", seed=seed
-                    )
-                    vs_pixels = paired_difference_table(predictions, pixel_run / "predictions.csv", seed=seed)
-                    metrics = json.loads((probe_dir / "metrics.json").read_text())["test"]
-                    row = {
-                        "objective": objective,
-                        "seed": seed,
-                        "steps": steps,
-                        "pretrain_s": float((run / "seconds.txt").read_text())
-                        if (run / "seconds.txt").is_file()
-                        else None,
+            random_metrics = json.loads((random_run / "metrics.json").read_text())["test"]
+            rows.append(
+                {
+                    "features": f"random init (seed {seed})",
+                    "probe": probe,
+                    "seed": seed,
+                    "bacc": _value(random_metrics, "balanced_accuracy"),
+                    "auroc": _value(random_metrics, "auroc_macro_ovr"),
+                }
+            )
+            for objective, run_seed, steps in budgets:
+                if run_seed != seed:
+                    continue
+                run = out / "runs" / f"{objective}_s{seed}_{steps}"
+                probe_dir = probe_run(
+                    str(run / "encoder"), probe, out / "probes" / f"{run.name}_{probe}", export, args, seed
+                )
+                metrics = json.loads((probe_dir / "metrics.json").read_text())["test"]
+                predictions = probe_dir / "predictions.csv"
+                vs_random = paired_difference_table(predictions, random_run / "predictions.csv", seed=seed)
+                vs_pixels = paired_difference_table(predictions, pixel_run / "predictions.csv", seed=seed)
+                seconds = (run / "seconds.txt").read_text().strip() if (run / "seconds.txt").is_file() else ""
+                rows.append(
+                    {
+                        "features": f"{objective}, {steps} steps ({seconds} s)",
                         "probe": probe,
-                        "bacc": metrics["values"]["balanced_accuracy"],
-                        "auroc": metrics["values"].get("auroc_macro_ovr"),
-                        "random_bacc": vs_random["balanced_accuracy"]["difference"] * -1
-                        + metrics["values"]["balanced_accuracy"],
-                        "d_bacc_random": vs_random["balanced_accuracy"]["difference"],
-                        "d_bacc_random_ci": (
-                            vs_random["balanced_accuracy"]["low"],
-                            vs_random["balanced_accuracy"]["high"],
-                        ),
-                        "d_auroc_random": vs_random["auroc_macro_ovr"]["difference"],
-                        "d_auroc_random_ci": (
-                            vs_random["auroc_macro_ovr"]["low"],
-                            vs_random["auroc_macro_ovr"]["high"],
-                        ),
-                        "d_bacc_pixels": vs_pixels["balanced_accuracy"]["difference"],
-                        "d_bacc_pixels_ci": (
-                            vs_pixels["balanced_accuracy"]["low"],
-                            vs_pixels["balanced_accuracy"]["high"],
-                        ),
-                        "seconds": round(time.perf_counter() - start, 1),
+                        "seed": seed,
+                        "objective": objective,
+                        "steps": steps,
+                        "bacc": _value(metrics, "balanced_accuracy"),
+                        "auroc": _value(metrics, "auroc_macro_ovr"),
+                        "bacc - random": _ci(vs_random["balanced_accuracy"]),
+                        "auroc - random": _ci(vs_random["auroc_macro_ovr"]),
+                        "bacc - pixels": _ci(vs_pixels["balanced_accuracy"]),
+                        "d_random": vs_random["balanced_accuracy"]["difference"],
+                        "d_random_low": vs_random["balanced_accuracy"]["low"],
+                        "d_pixels": vs_pixels["balanced_accuracy"]["difference"],
+                        "d_auroc": vs_random["auroc_macro_ovr"]["difference"],
                     }
-                    log.info("%s", row)
-                    rows.append(row)
-                    pd.DataFrame(rows).to_csv(out / "pretrain_table.csv", index=False)
+                )
+                log.info("%s", rows[-1])
+                pd.DataFrame(rows).to_csv(out / "pretrain_table.csv", index=False)
     frame = pd.DataFrame(rows)
-    (out / "pretrain_table.md").write_text(frame.round(3).to_markdown(index=False) + "\n")
-    print(frame.round(3).to_markdown(index=False))
+    shown = ["features", "probe", "seed", "bacc", "auroc", "bacc - random", "auroc - random", "bacc - pixels"]
+    lines = [frame[shown].fillna("").to_markdown(index=False), ""]
+    full = frame[frame["steps"] == args.steps] if "steps" in frame else frame.iloc[:0]
+    for (objective, probe), group in full.groupby(["objective", "probe"]):
+        d, n = group["d_random"], len(group)
+        lines.append(
+            f"- {objective}, {probe}: bacc - random {d.mean():+.3f} ± {d.std(ddof=1):.3f} (mean ± sd, {n} "
+            f"seeds; CI above 0 on {(group['d_random_low'] > 0).sum()} of {n}), bacc - pixels "
+            f"{group['d_pixels'].mean():+.3f}, macro AUROC - random {group['d_auroc'].mean():+.3f}"
+        )
+    nuisance = {"random init": brightness_check(random_spec, manifest, args.image_size)}
+    for objective in args.objectives.split(","):
+        run = out / "runs" / f"{objective}_s{args.seeds[0]}_{args.steps}"
+        nuisance[objective] = brightness_check(str(run / "encoder"), manifest, args.image_size)
+    lines.append(
+        "- |corr(PC1 of test features, image brightness)|: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in nuisance.items())
+    )
+    (out / "pretrain_table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:

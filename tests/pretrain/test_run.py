@@ -50,7 +50,7 @@ def test_pretrain_writes_outputs_exports_and_resumes(tmp_path):
     assert encoder.spec.image_size == 32 and encoder.depth == 2
     assert encoder.features(torch.zeros(1, 3, 32, 32)).shape == (1, 192)
     recipe = json.loads((run / "encoder.json").read_text())["recipe"]
-    assert recipe["objective"]["name"] == "mlm_ema" and recipe["image_size"] == 32
+    assert recipe["objective"]["name"] == "simclr" and recipe["image_size"] == 32
     # `panderm export` of the run's checkpoint gives the same weights as the run's own export.
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
     exported = load_encoder(tmp_path / "exported")
@@ -63,9 +63,9 @@ def test_pretrain_writes_outputs_exports_and_resumes(tmp_path):
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     def nan_loss(self, encoder, images, mask, *, step=0, total_steps=None):
-        return {"loss": (encoder.mask_token.sum() * float("nan"))}
+        return {"loss": (encoder.vit.cls_token.sum() * float("nan"))}
 
-    monkeypatch.setattr(methods.MlmEma, "forward", nan_loss)
+    monkeypatch.setattr(methods.SimClr, "forward", nan_loss)
     with pytest.raises(NonFiniteLossError, match="step 0"):
         run_pretrain(pretrain_config(tmp_path), tmp_path / "run")
 

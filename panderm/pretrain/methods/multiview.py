@@ -275,7 +275,9 @@ class Ibot(Dino):
 class SimClr(Method):
     """SimCLR: two views of each image, their CLS tokens through a `Projector`, `info_nce_loss` at
     `temperature` with every other view of the (global) batch as negatives. No teacher, no masks: the
-    cheapest method per step, and the one that learns first at small budgets."""
+    cheapest method per step, and the one that learns first at small budgets. `view_size` trains on views
+    smaller than the encoder's image size (a multiple of the patch size; position embeddings are resampled),
+    a quarter of the compute at half the side: the encoder still exports and evaluates at its own size."""
 
     name = "simclr"
     mask_mode = "none"
@@ -290,15 +292,16 @@ class SimClr(Method):
         hidden_dim: int = 1024,
         proj_layers: int = 2,
         scale: tuple[float, float] = (0.25, 1.0),
+        view_size: int | None = None,
     ) -> None:
         super().__init__()
         if not temperature > 0 or not math.isfinite(temperature):
             raise ConfigError(f"simclr.temperature={temperature} must be a positive number")
-        self.temperature, self.scale = temperature, tuple(scale)
+        self.temperature, self.scale, self.view_size = temperature, tuple(scale), view_size
         self.projector = Projector(encoder.embed_dim, proj_dim, hidden_dim=hidden_dim, layers=proj_layers)
 
     def view_transform(self, image_size: int) -> MultiView:
-        return multi_crop(image_size, global_crops=2, global_scale=self.scale)
+        return multi_crop(self.view_size or image_size, global_crops=2, global_scale=self.scale)
 
     def forward(
         self,
