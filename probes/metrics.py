@@ -483,6 +483,17 @@ class BootstrapResult(dict):
         }
 
 
+def _finite(chunks: list[np.ndarray]) -> np.ndarray:
+    values = np.concatenate(chunks)
+    return values[np.isfinite(values)]
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(
     y_true: Any, proba: Any, *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> BootstrapResult:
@@ -512,16 +523,13 @@ def bootstrap_ci(
         for name in names:
             collected[name].append(scores[name])
         done += b
-    tail = 100.0 * (1.0 - level) / 2.0
     intervals: dict[str, tuple[float, float]] = {}
     n_used: dict[str, int] = {}
     for name in names:
-        values = np.concatenate(collected[name])
-        values = values[np.isfinite(values)]
+        values = _finite(collected[name])
         n_used[name] = int(values.size)
         if values.size:
-            lo, hi = np.percentile(values, [tail, 100.0 - tail])
-            intervals[name] = (float(lo), float(hi))
+            intervals[name] = _percentile_interval(values, level)
     return BootstrapResult(intervals, n_used=n_used, n_resamples=int(n_resamples), level=level, seed=seed)
 
 
@@ -556,14 +564,12 @@ def paired_bootstrap_difference(
         for name in names:
             diffs[name].append(a[name] - b[name])
         done += len(counts)
-    tail = 100.0 * (1.0 - level) / 2.0
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        values = np.concatenate(diffs[name])
-        values = values[np.isfinite(values)]
+        values = _finite(diffs[name])
         if not values.size:
             continue
-        lo, hi = np.percentile(values, [tail, 100.0 - tail])
+        lo, hi = _percentile_interval(values, level)
         out[name] = {
             "difference": float(point_a[name] - point_b[name]),
             "low": float(lo),
