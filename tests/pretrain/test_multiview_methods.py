@@ -63,6 +63,21 @@ def test_distillation_logs_monitors_and_moves_the_centre(name):
         assert {"patch", "patch_teacher_entropy"} <= set(out) and method.patch_center.abs().sum() > 0
 
 
+def test_ibot_with_a_separate_patch_head():
+    encoder, method, views, mask = make("ibot", separate_patch_head=True)
+    out = method(encoder, views, mask, step=0, total_steps=10)
+    out["loss"].backward()
+    assert method.patch_head.prototypes.grad.abs().sum() > 0
+    assert not torch.equal(method.patch_head.prototypes, method.head.prototypes)
+    before = method.teacher_patch_head.prototypes.clone()
+    with torch.no_grad():
+        method.patch_head.prototypes.add_(1.0)
+    method.on_after_optimizer_step(encoder, 0, 10)
+    m = momentum_schedule(0, 10, method.base_momentum, method.final_momentum)
+    expected = m * before + (1 - m) * method.patch_head.prototypes.detach()
+    torch.testing.assert_close(method.teacher_patch_head.prototypes, expected)
+
+
 def test_dino_with_sinkhorn_and_koleo():
     encoder, method, views, _ = make("dino", centering="sinkhorn", koleo_weight=0.1)
     out = method(encoder, views, None, step=5, total_steps=10)

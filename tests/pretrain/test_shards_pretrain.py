@@ -161,8 +161,8 @@ def test_killed_run_with_workers_resumes_to_the_same_weights(source, shards, tmp
 
     real = run_module.build_trainer
 
-    def build_trainer(cfg, run_dir):
-        trainer = real(cfg, run_dir)
+    def build_trainer(cfg, run_dir, *callbacks):
+        trainer = real(cfg, run_dir, *callbacks)
         trainer.callbacks.append(Sigterm())
         return trainer
 

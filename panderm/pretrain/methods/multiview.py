@@ -107,13 +107,8 @@ class Dino(Method):
         self.centering, self.center_momentum = centering, center_momentum
         self.koleo_weight = koleo_weight
         self.base_momentum, self.final_momentum = base_momentum, final_momentum
-        self.head = PrototypeHead(
-            encoder.embed_dim,
-            num_prototypes,
-            hidden_dim=hidden_dim,
-            bottleneck_dim=bottleneck_dim,
-            layers=head_layers,
-        )
+        self.head_shape = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, layers=head_layers)
+        self.head = PrototypeHead(encoder.embed_dim, num_prototypes, **self.head_shape)
         self.teacher = EMATeacher(encoder)
         self.teacher_head = _frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(num_prototypes))
@@ -215,9 +210,7 @@ class Ibot(Dino):
         self.patch_weight = patch_weight
         num_prototypes = self.head.prototypes.shape[0]
         if separate_patch_head:
-            self.patch_head = copy.deepcopy(self.head)
-            for p in self.patch_head.parameters():  # a different start than the CLS head
-                torch.nn.init.trunc_normal_(p, std=0.02) if p.ndim > 1 else torch.nn.init.zeros_(p)
+            self.patch_head = PrototypeHead(encoder.embed_dim, num_prototypes, **self.head_shape)
             self.teacher_patch_head = _frozen_copy(self.patch_head)
         self.register_buffer("patch_center", torch.zeros(num_prototypes))
 
