@@ -4,9 +4,9 @@ For each data set (DermaMNIST, PneumoniaMNIST, BreastMNIST from ../shared/data, 
 feature source
 
 - ``random``: a randomly initialised ViT-tiny/8 at 64 px (``random:vit_tiny/8@64``, seed 0),
-- ``pretrained``: the encoder of ``panderm pretrain`` (its default objective on SynthDerm) at the demo's budget
-  (`panderm.config.DemoPretrainConfig`: epochs and batch size), trained into ``<out>/pretrain_<epochs>ep``
-  (reused when there) unless ``--pretrained PATH`` names an exported encoder,
+- ``pretrained``: the encoder of ``panderm pretrain`` (its default objective, on SynthDerm) at the demo's
+  budget (`panderm.config.DemoPretrainConfig`: epochs and batch size), trained into
+  ``<out>/pretrain_<epochs>ep`` (reused when there) unless ``--pretrained PATH`` names an exported encoder,
 - ``pixels``: the raw 28x28 pixels (all channels, scaled to [0, 1]) flattened and written as a features
   ``.npz`` that the probe reads with ``features=``,
 
