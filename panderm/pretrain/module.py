@@ -70,9 +70,9 @@ class PretrainModule(L.LightningModule):
         self._stepped = False
 
     def _total_steps(self) -> int:
-        if self.total_steps:
-            return self.total_steps
-        return max(1, int(self.trainer.estimated_stepping_batches))
+        if not self.total_steps:  # estimated once: every step asks, and the estimate re-inspects the loop
+            self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return self.total_steps
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._stepped = False
