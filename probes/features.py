@@ -506,6 +506,31 @@ def _check_split(split: str, x: Any, y: Any, problems: list[str]) -> FeatureSet 
     )
 
 
+def write_pixel_features(
+    images_npz: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    image_id: Callable[[str, int], str] = lambda split, i: f"{split}/{i}",
+) -> Path:
+    """The raw-pixel baseline: each split's ``<split>_images`` of a MedMNIST-layout ``.npz`` flattened to
+    [0, 1] floats, with ``<split>_labels``, written atomically as a feature file `load_feature_file` reads
+    (ids from `image_id(split, index)`). Kept when `path` is newer than `images_npz`."""
+    images_npz, path = Path(images_npz), Path(path)
+    if path.is_file() and path.stat().st_mtime >= images_npz.stat().st_mtime:
+        return path
+    arrays = {}
+    with np.load(images_npz, allow_pickle=False) as data:
+        for split in FEATURE_SPLITS:
+            if f"{split}_images" not in data.files:
+                continue
+            images = data[f"{split}_images"]
+            arrays[f"{split}_x"] = images.reshape(len(images), -1).astype(np.float32) / 255.0
+            arrays[f"{split}_y"] = data[f"{split}_labels"].reshape(-1).astype(np.int64)
+            arrays[f"{split}_ids"] = np.array([image_id(split, i) for i in range(len(images))])
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        _save_arrays(handle, arrays)
+    return path
+
+
 def load_feature_file(path: str | os.PathLike[str]) -> dict[str, FeatureSet]:
     """Read user features from an ``.npz`` with ``train_x, train_y, test_x, test_y`` (+ optional ``val_*``).
 

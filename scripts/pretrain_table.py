@@ -48,7 +48,7 @@ from panderm.data.readers import read_medmnist  # noqa: E402
 from panderm.paths import config_dir  # noqa: E402
 from panderm.pretrain.run import run_pretrain  # noqa: E402
 from probes.encoders import load_probe_encoder  # noqa: E402
-from probes.features import extract_features  # noqa: E402
+from probes.features import extract_features, write_pixel_features  # noqa: E402
 from probes.knn import knn_proba  # noqa: E402
 from probes.predictions import paired_difference_table  # noqa: E402
 from probes.run import run_probe  # noqa: E402
@@ -174,23 +174,6 @@ def probe_run(
     return run_dir
 
 
-def pixel_features(out: Path) -> Path:
-    """The 28x28x3 pixels in [0, 1], flattened, as a features npz (train/val/test x, y, ids)."""
-    path = out / "features" / "dermamnist_pixels.npz"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    with np.load(DERMAMNIST) as data:
-        for split in ("train", "val", "test"):
-            images = data[f"{split}_images"]
-            arrays[f"{split}_x"] = images.reshape(len(images), -1).astype(np.float32) / 255.0
-            arrays[f"{split}_y"] = data[f"{split}_labels"].reshape(-1).astype(np.int64)
-            arrays[f"{split}_ids"] = np.array([f"images/{split}_{i:05d}.png" for i in range(len(images))])
-    np.savez(path, **arrays)
-    return path
-
-
 def brightness_check(spec: str, manifest, image_size: int) -> float:
     """|corr| between the first principal component of test CLS features and mean image brightness."""
     x, _ = features(spec, manifest, "test", image_size)
@@ -241,7 +224,13 @@ def table(args: argparse.Namespace, out: Path, manifest, export: Path) -> None:
         for o, seed, steps in budgets
     }
     learning_curve(runs, out / "learning_curve.png")
-    pixels = str(pixel_features(out))
+    pixels = str(
+        write_pixel_features(
+            DERMAMNIST,
+            out / "features" / "dermamnist_pixels.npz",
+            lambda split, i: f"images/{split}_{i:05d}.png",
+        )
+    )
     random_spec = f"random:vit_tiny/{args.patch_size}@{args.image_size}"
     rows: list[dict[str, Any]] = []
     for probe in ("linear_sweep", "knn"):

@@ -47,6 +47,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from panderm.config import DemoPretrainConfig, register_configs  # noqa: E402
 from panderm.paths import config_dir  # noqa: E402
+from probes.features import write_pixel_features  # noqa: E402
 from probes.run import run_probe  # noqa: E402
 
 log = logging.getLogger("probe_table")
@@ -114,25 +115,6 @@ def prepare_npz(name: str, source: Path, out: Path, limit: int | None, seed: int
     np.savez(tmp, **arrays)
     tmp.replace(path)
     log.info("%s: subset of about %d images per split -> %s", name, limit, path)
-    return path
-
-
-def pixel_features(npz: Path, out: Path) -> Path:
-    """Flattened raw pixels in [0, 1] (N, H*W*C) as a features npz (train/val/test x, y, ids)."""
-    path = out / "features" / f"{npz.stem}_pixels.npz"
-    if path.is_file() and path.stat().st_mtime >= npz.stat().st_mtime:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    with np.load(npz) as data:
-        for split in SPLITS:
-            images = data[f"{split}_images"]
-            arrays[f"{split}_x"] = images.reshape(len(images), -1).astype(np.float32) / 255.0
-            arrays[f"{split}_y"] = data[f"{split}_labels"].reshape(-1).astype(np.int64)
-            arrays[f"{split}_ids"] = np.array([f"{split}/{i:05d}" for i in range(len(images))])
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
     return path
 
 
@@ -327,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         npz = prepare_npz(dataset, args.data_root / DATASETS[dataset], args.out, args.limit, args.seed)
         features = {"random": RANDOM_SPEC, "pretrained": pretrained}
         if "pixels" in args.sources:
-            features["pixels"] = str(pixel_features(npz, args.out))
+            features["pixels"] = str(
+                write_pixel_features(npz, args.out / "features" / f"{npz.stem}_pixels.npz")
+            )
         for source in args.sources:
             for probe in args.probes:
                 rows.append(run_one(args, dataset, npz, source, probe, str(features[source])))

@@ -27,6 +27,7 @@ from probes.features import (
     manifest_hash,
     probe_transform,
     write_feature_cache,
+    write_pixel_features,
 )
 from tests.models.test_panderm_import import panderm_state
 
@@ -238,6 +239,26 @@ def test_feature_file_roundtrip(tmp_path) -> None:
     assert sets["train"].labels.dtype == np.int64 and sets["test"].ids[0] == "test/0"
     del arrays["val_x"], arrays["val_y"]
     assert list(load_feature_file(save(tmp_path / "g.npz", **arrays))) == ["train", "test"]
+
+
+def test_pixel_features_flatten_scale_and_name_rows(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8) for s, n in (("train", 5), ("test", 3))}
+    labels = {s: np.arange(len(x))[:, None] % 2 for s, x in images.items()}  # MedMNIST's (N, 1) labels
+    source = tmp_path / "set.npz"
+    np.savez(
+        source,
+        **{f"{s}_images": x for s, x in images.items()},
+        **{f"{s}_labels": y for s, y in labels.items()},
+    )
+    path = write_pixel_features(source, tmp_path / "out" / "pixels.npz", lambda split, i: f"{split}-{i:02d}")
+    sets = load_feature_file(path)
+    assert list(sets) == ["train", "test"] and sets["test"].features.shape == (3, 48)
+    np.testing.assert_allclose(sets["train"].features[2], images["train"][2].reshape(-1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(sets["test"].labels, [0, 1, 0])
+    assert list(sets["test"].ids) == ["test-00", "test-01", "test-02"]
+    stamp = path.stat().st_mtime_ns
+    assert write_pixel_features(source, path) == path and path.stat().st_mtime_ns == stamp  # newer: kept
 
 
 @pytest.mark.parametrize(

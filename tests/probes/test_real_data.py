@@ -15,6 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 from panderm.config import register_configs
 from panderm.paths import config_dir
+from probes.features import write_pixel_features
 from probes.run import run_probe
 from tests.conftest import shared_path
 
@@ -118,14 +119,10 @@ def test_raw_pixel_features_match_sklearn_logistic_regression(tmp_path, name):
     balanced accuracy 0.320 (DermaMNIST, C=0.1), 0.820 (PneumoniaMNIST, C=0.1), 0.682 (BreastMNIST, C=0.01).
     """
     _, n_classes, _, margin = SETS[name]
-    arrays = subset(name)
-    features = {}
-    for split in SPLITS:
-        images = arrays[f"{split}_images"]
-        features[f"{split}_x"] = images.reshape(len(images), -1).astype(np.float32) / 255.0
-        features[f"{split}_y"] = arrays[f"{split}_labels"].astype(np.int64)
-    path = tmp_path / f"{name}_pixels.npz"
-    np.savez(path, **features)
+    np.savez(tmp_path / f"{name}.npz", **subset(name))
+    path = write_pixel_features(tmp_path / f"{name}.npz", tmp_path / f"{name}_pixels.npz")
+    with np.load(path) as stored:
+        features = {key: stored[key] for key in stored.files}
     run = tmp_path / "run"
     # The grid stays where both solvers converge at their default tolerance (at C >= 10 these near-separable
     # pixels stop L-BFGS ~10% above the optimum and predictions differ by points); whitening (automatic up to
