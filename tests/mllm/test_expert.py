@@ -58,6 +58,36 @@ def test_text_to_region_gives_the_mask_component_boxes(expert):
     assert report.startswith("<ref>lesion</ref><box>[[0, 0, 999, 999]]</box>: melanoma")
 
 
+def test_each_model_runs_once_per_image(tmp_path, monkeypatch):
+    backend = build_backend(
+        "expert",
+        classifier=constant_classifier(tmp_path / "clf"),
+        segmenter=everywhere_segmenter(tmp_path / "seg"),
+        device="cpu",
+        memo_images=2,
+    )
+    calls = {"classifier": 0, "segmenter": 0}
+    for name in calls:
+        model = getattr(backend, name)
+        forward = model.forward
+
+        def counted(x, _name=name, _forward=forward):
+            calls[_name] += 1
+            return _forward(x)
+
+        monkeypatch.setattr(model, "forward", counted)
+    report = PROMPTS["en"]["grounded_report"].format(targets="the lesion", image_kind="image")
+    classify = PROMPTS["en"]["classify"].format(image_kind="image", classes="nevus, melanoma")
+    first, second, third = png(48, 40), png(40, 48), png(32, 32)
+    answers = [ask(backend, q, first) for q in (report, classify, report)]
+    assert answers[0] == answers[2] and calls == {"classifier": 1, "segmenter": 1}
+    ask(backend, report, second)
+    assert calls == {"classifier": 2, "segmenter": 2}  # other pixels: both models run again
+    ask(backend, report, third)  # a third image: the first is forgotten (memo_images=2)
+    ask(backend, report, first)
+    assert calls == {"classifier": 4, "segmenter": 4}
+
+
 def test_mask_boxes_split_components_drop_specks_and_sort_by_area(expert):
     mask = np.zeros((100, 100), bool)
     mask[10:20, 10:30] = True  # 200 px

@@ -15,6 +15,8 @@ and answers from the image in the last user turn:
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,12 @@ class ExpertBackend(Backend):
 
     `task` is one of `TASKS` or "auto" (inferred per conversation from its prompt). Masks are split into
     connected components; components smaller than `min_area_fraction` of the image are dropped and at most
-    `max_boxes` (largest first) are reported. `model` defaults to a name holding the weights' hashes, so the
-    response cache never mixes two different experts. Answers name classes by `answer_names` ({language:
-    {label: text}}); by default by the display names of the embedded data sets when the classifier's labels
-    are theirs (so "bcc" is answered as "basal cell carcinoma" or 基底细胞癌), else by the labels.
+    `max_boxes` (largest first) are reported. Each model's output is remembered for the last `memo_images`
+    images, so the several questions asked about one image run each model once. `model` defaults to a name
+    holding the weights' hashes, so the response cache never mixes two different experts. Answers name
+    classes by `answer_names` ({language: {label: text}}); by default by the display names of the embedded
+    data sets when the classifier's labels are theirs (so "bcc" is answered as "basal cell carcinoma" or
+    基底细胞癌), else by the labels.
     """
 
     name = "expert"
@@ -76,6 +80,7 @@ class ExpertBackend(Backend):
         settings: GenerationSettings | None = None,
         adapter: str = "as_given",
         batch_size: int = 16,
+        memo_images: int = 256,
     ) -> None:
         if classifier is None and segmenter is None:
             raise ConfigError(
@@ -118,6 +123,8 @@ class ExpertBackend(Backend):
         self._segmenter_input = (
             None if self.segmenter is None else _input(self.segmenter, model_input_transform)
         )
+        self._memo: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
+        self.memo_images = memo_images
 
     def _vocabulary(
         self, answer_names: dict[str, dict[str, str]] | None
@@ -193,19 +200,36 @@ class ExpertBackend(Backend):
             raise BackendError(f"expert backend: this question needs a {which} (pass {which}=<path>)")
         return model
 
-    @torch.no_grad()
+    def _remembered(self, which: str, image: np.ndarray, compute: Callable[[], Any]) -> Any:
+        """`compute()` for model `which` on `image`, or its remembered result for the same pixels."""
+        key = (which, hashlib.sha256(np.ascontiguousarray(image).data).digest() + str(image.shape).encode())
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = self._memo[key] = compute()
+        if len(self._memo) > 2 * self.memo_images:  # two models, `memo_images` images each
+            self._memo.popitem(last=False)
+        return value
+
     def _classify(self, image: np.ndarray) -> str:
+        return self._remembered("classifier", image, lambda: self._run_classifier(image))
+
+    @torch.no_grad()
+    def _run_classifier(self, image: np.ndarray) -> str:
         model = self._need("classifier")
         x = self._classifier_input(image=image)["image"]
         logits = model(x[None].to(self.device))
         return model.class_names[int(logits.argmax(1))]
 
     @torch.no_grad()
-    def _regions(self, image: np.ndarray, text: str, language: str) -> str:
+    def _run_segmenter(self, image: np.ndarray) -> np.ndarray:
         model = self._need("segmenter")
         x = self._segmenter_input(image=image)["image"]
+        return logits_to_masks(model(x[None].to(self.device)), [image.shape[:2]])[0] > 0
+
+    def _regions(self, image: np.ndarray, text: str, language: str) -> str:
+        mask = self._remembered("segmenter", image, lambda: self._run_segmenter(image))
         height, width = image.shape[:2]
-        mask = logits_to_masks(model(x[None].to(self.device)), [(height, width)])[0] > 0
         refs = question_phrases(text)
         default = self.phrase if isinstance(self.phrase, str) else self.phrase.get(language, "lesion")
         phrase = refs[0] if refs else default
@@ -224,6 +248,7 @@ class ExpertBackend(Backend):
 
     def close(self) -> None:
         self.classifier = self.segmenter = None
+        self._memo.clear()
 
 
 def _input(model: torch.nn.Module | None, make: Callable[..., Any]) -> Any:
