@@ -175,11 +175,14 @@ class PretrainConfig:
 
 @dataclass
 class DemoPretrainConfig:
-    """The demo's pretraining stage: `panderm pretrain` defaults on the demo data with this budget."""
+    """The demo's pretraining stage: `panderm pretrain` defaults on the demo data with this budget, on a
+    ViT-tiny/8 of `depth` blocks (6: half the cost of every stage, and at this budget it learned more than
+    12 blocks on a SynthDerm draw held out for the choice, measured in the README)."""
 
     enabled: bool = True
     max_epochs: int = 10
     batch_size: int = 32
+    depth: int | None = 6
     progress_bar: bool = True
 
 

@@ -42,6 +42,12 @@ class DemoContext:
     def figures(self) -> Path:
         return self.run_dir / "figures"
 
+    @property
+    def random_encoder(self) -> str:
+        """The demo encoder's architecture at random init, as a probe encoder spec."""
+        depth = self.cfg.pretrain.depth
+        return f"random:vit_tiny/8@{self.cfg.image_size}" + (f",depth={depth}" if depth else "")
+
     def generated_data(self) -> DictConfig:
         """A copy of the dermatology data config pointing at the images the data stage generated."""
         data = self.cfg.data.copy()
@@ -84,15 +90,17 @@ def pretrain_stage(ctx: DemoContext) -> None:
     cfg = OmegaConf.structured(PretrainConfig)
     cfg.seed, cfg.image_size, cfg.batch_size = ctx.cfg.seed, ctx.cfg.image_size, stage.batch_size
     cfg.data = ctx.generated_data()
-    cfg.encoder.image_size = ctx.cfg.image_size
+    cfg.encoder.image_size, cfg.encoder.depth = ctx.cfg.image_size, stage.depth
     cfg.trainer.max_epochs, cfg.trainer.progress_bar = stage.max_epochs, stage.progress_bar
     run_dir = ctx.run_dir / "pretrain"
     metrics = run_pretrain(cfg, run_dir)
     ctx.metrics["pretrain"] = metrics
     ctx.report.heading("Pretraining")
+    vit = f"ViT {cfg.encoder.arch}/{cfg.encoder.patch_size}"
+    vit += f" ({cfg.encoder.depth} blocks)" if cfg.encoder.depth else ""
     ctx.report.text(
-        f"`{cfg.objective.name}` on `{cfg.data.name}`, ViT {cfg.encoder.arch}/{cfg.encoder.patch_size} at "
-        f"{cfg.image_size} px, {metrics['global_step']} steps of {cfg.batch_size} images. Run folder: "
+        f"`{cfg.objective.name}` on `{cfg.data.name}`, {vit} at {cfg.image_size} px, "
+        f"{metrics['global_step']} steps of {cfg.batch_size} images. Run folder: "
         "`pretrain/` (checkpoints, logs, the exported `encoder.safetensors`)."
     )
     curve = run_dir / "figures" / "pretrain_loss.png"

@@ -24,7 +24,7 @@ def probe_stage(ctx: Any) -> None:
     if not stage.enabled:
         return
     pretrain = ctx.cfg.pretrain
-    spec = f"random:vit_tiny/8@{ctx.cfg.image_size}"
+    spec = ctx.random_encoder
     sources = {"random init": spec}
     exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
     if pretrain.enabled and exported.is_file():

@@ -23,7 +23,7 @@ def segment_stage(ctx: Any) -> None:
         ctx.report.heading("Segmentation")
         ctx.report.text(f"Skipped: `{ctx.cfg.data.name}` has no train images with masks.")
         return
-    random_spec = f"random:vit_tiny/8@{ctx.cfg.image_size}"
+    random_spec = ctx.random_encoder
     exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
     pretrained = str(exported) if ctx.cfg.pretrain.enabled and exported.is_file() else None
     runs = [

@@ -3,10 +3,11 @@
 For each data set (DermaMNIST, PneumoniaMNIST, BreastMNIST from ../shared/data, see each SOURCE.md) and each
 feature source
 
-- ``random``: a randomly initialised ViT-tiny/8 at 64 px (``random:vit_tiny/8@64``, seed 0),
+- ``random``: a randomly initialised ViT-tiny/8 at 64 px with the demo's depth (``RANDOM_SPEC``, seed 0),
 - ``pretrained``: the encoder of ``panderm pretrain`` (its default objective, on SynthDerm) at the demo's
-  budget (`panderm.config.DemoPretrainConfig`: epochs and batch size), trained into
-  ``<out>/pretrain_<epochs>ep`` (reused when there) unless ``--pretrained PATH`` names an exported encoder,
+  budget (`panderm.config.DemoPretrainConfig`: epochs, batch size, depth), trained into
+  ``<out>/pretrain_<epochs>ep_depth<depth>`` (reused when there) unless ``--pretrained PATH`` names an
+  exported encoder,
 - ``pixels``: the raw 28x28 pixels (all channels, scaled to [0, 1]) flattened and written as a features
   ``.npz`` that the probe reads with ``features=``,
 
@@ -60,7 +61,8 @@ DATASETS: dict[str, str] = {
     "pneumoniamnist": "pneumoniamnist/pneumoniamnist_reconstructed_full.npz",
     "breastmnist": "breastmnist/breastmnist.npz",
 }
-RANDOM_SPEC = "random:vit_tiny/8@64"
+DEMO_DEPTH = DemoPretrainConfig().depth
+RANDOM_SPEC = "random:vit_tiny/8@64" + (f",depth={DEMO_DEPTH}" if DEMO_DEPTH else "")
 SOURCES = ("random", "pretrained", "pixels")
 SPLITS = ("train", "val", "test")
 
@@ -127,7 +129,7 @@ def pretrained_encoder(out: Path, given: str | None) -> str:
     if given:
         return given
     budget = DemoPretrainConfig()
-    run = out / f"pretrain_{budget.max_epochs}ep"
+    run = out / f"pretrain_{budget.max_epochs}ep_depth{budget.depth}"
     encoder = run / "encoder.safetensors"
     if encoder.is_file():
         log.info("pretrained encoder: reusing %s", encoder)
@@ -140,6 +142,7 @@ def pretrained_encoder(out: Path, given: str | None) -> str:
         f"hydra.run.dir={run}",
         f"trainer.max_epochs={budget.max_epochs}",
         f"batch_size={budget.batch_size}",
+        f"encoder.depth={budget.depth or 'null'}",
         "trainer.progress_bar=false",
     ]
     log.info("pretraining at the demo's budget (%d epochs): %s", budget.max_epochs, " ".join(command[2:]))
@@ -242,7 +245,9 @@ def source_labels(pretrained: str | None) -> dict[str, str]:
     epochs = DemoPretrainConfig().max_epochs
     return {
         "random": f"random init (`{RANDOM_SPEC}`)",
-        "pretrained": f"`{pretrained}`" if pretrained else f"demo-pretrained ViT-tiny/8@64 ({epochs} epochs)",
+        "pretrained": f"`{pretrained}`"
+        if pretrained
+        else f"demo-pretrained ViT-tiny/8@64, {DEMO_DEPTH or 12} blocks ({epochs} epochs)",
         "pixels": "raw pixels (28x28, flattened)",
     }
 

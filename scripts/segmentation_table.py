@@ -1,12 +1,12 @@
 """Segmentation heads on real dermoscopy: ISIC 2017 (train 2000 / val 150) and PH2 (200, external).
 
 Trains each head (linear, fpn_upernet, unetr) briefly on a frozen ViT-tiny/8 at 64 px on this CPU, once on
-an encoder pretrained here on the ISIC 2017 images (`mlm_ema`, train + unlabelled test images, no masks) and
-once at random init, and scores ISIC val and all of PH2 at their original resolution. Two baselines a
-reviewer asks for are scored alike: one centred ellipse for every image (axes fitted on the ISIC training
-masks) and Otsu thresholding (+ largest component, hole filling). Writes `<out>/segmentation_table.md`
-(and .csv) with per-image-mean Dice, IoU and HD95, plus the pretrained-minus-random Dice difference per head
-with a paired bootstrap 95% CI.
+an encoder pretrained here on the ISIC 2017 images (`panderm pretrain`'s default objective on the train and
+unlabelled test images, no masks) and once at random init, and scores ISIC val and all of PH2 at their
+original resolution. Two baselines a reviewer asks for are scored alike: one centred ellipse for every image
+(axes fitted on the ISIC training masks) and Otsu thresholding (+ largest component, hole filling). Writes
+`<out>/segmentation_table.md` (and .csv) with per-image-mean Dice, IoU and HD95, plus the pretrained-minus-
+random Dice difference per head with a paired bootstrap 95% CI.
 
     .venv/bin/python scripts/segmentation_table.py                   # full run (see README for timings)
     .venv/bin/python scripts/segmentation_table.py --limit 40 --epochs 1 --pretrain-epochs 1   # smoke run
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/segmentation_table"))
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6, help="segmentation training epochs per head")
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-epochs", type=int, default=6)
     parser.add_argument("--pretrained", help="use this exported encoder instead of pretraining one")
     parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--batch-size", type=int, default=32)

@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from panderm.data.manifest import read_manifest
@@ -175,17 +176,18 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
 
 
 def check_pretraining_beats_random_init(default_demo, tmp_path):
-    """The default objective (simclr) on SynthDerm at 64 px for the demo's budget beats the same ViT-tiny at
-    random init: 0.487 vs 0.390 balanced accuracy measured (+0.097; the issue asks for 0.10, not reached at
-    this budget), asserted with a margin of 0.08. Probed on a larger SynthDerm draw (other seed, 400
-    patients) than the demo's, so the estimate is not the noise of a small test split; both runs are seeded,
-    so the margin is reproducible."""
+    """The default objective (simclr) on SynthDerm at 64 px for the demo's budget beats the same ViT-tiny
+    (6 blocks) at random init by the issue's 0.10: 0.475 vs 0.366 balanced accuracy measured (+0.109).
+    Probed on a larger SynthDerm draw (other seed, 400 patients) than the demo's, so the estimate is not the
+    noise of a small test split; every run is seeded (augmentations per sample, as the resume tests check),
+    so the measured gain repeats on this machine. The depth was chosen on a third draw (seed 2)."""
     scores = {}
+    depth = OmegaConf.load(default_demo / "config.yaml").pretrain.depth
     for name, encoder in (
         ("pretrained", default_demo / "pretrain" / "encoder.safetensors"),
-        ("random", "random:vit_tiny/8@64"),
+        ("random", f"'random:vit_tiny/8@64,depth={depth}'"),
     ):
         overrides = ["data.n_patients=400", "data.seed=1", "data.image_size=64", f"encoder={encoder}"]
         saved = run_probe(probe_config(tmp_path, *overrides), tmp_path / name)
         scores[name] = saved["test"]["values"]["balanced_accuracy"]
-    assert scores["pretrained"] > scores["random"] + 0.08, scores
+    assert scores["pretrained"] >= scores["random"] + 0.10, scores
