@@ -11,6 +11,7 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from panderm.data.dataset import BadImagePolicy, ManifestDataset, collate
@@ -46,10 +47,48 @@ def masked_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
     return out
 
 
+class EncodedDataset(Dataset):
+    """Samples of `base` (an evaluation-transformed `ManifestDataset`) with the frozen encoder's maps
+    computed once: `image`, `mask` and `maps` ((blocks, D, h, w) per sample); unreadable rows stay None
+    (dropped from the batch). Keys may be `(epoch, index)`, as the epoch sampler gives them; every epoch sees
+    the same sample."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        encode: Callable[[torch.Tensor], list[torch.Tensor]],
+        *,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        self.samples: list[dict[str, Any] | None] = [None] * len(base)
+        loader = DataLoader(range(len(base)), batch_size=batch_size, collate_fn=list)
+        with torch.no_grad():
+            for indices in loader:
+                kept = [(i, s) for i in indices if (s := base[i]) is not None]
+                if not kept:
+                    continue
+                images = torch.stack([torch.as_tensor(s["image"]) for _, s in kept])
+                maps = torch.stack(encode(images.to(device)), dim=1).cpu()
+                for (i, sample), m in zip(kept, maps, strict=True):
+                    self.samples[i] = {"image": sample["image"], "mask": sample["mask"], "maps": m}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        return self.samples[key[1] if isinstance(key, tuple) else key]
+
+
 class SegmentationDataModule(ResumableDataModule):
     """Train loader over the masked `train` rows (`segmentation_train_transform`, seeded per sample from
     (seed, epoch, row), resumable on the next batch), val loader over the masked `val` rows at the training
-    size (`segmentation_eval_transform`). Raises `DataError` when no training row has a mask."""
+    size (`segmentation_eval_transform`). Raises `DataError` when no training row has a mask.
+
+    With `encode` (a frozen model's `encode`), both loaders serve `EncodedDataset`s instead: every image at
+    the evaluation transform, its encoder maps computed once on `device` (no augmentation, as in eva's
+    embeddings-then-head protocol), so an epoch costs only the head; memory: images x blocks x D x h x w
+    floats."""
 
     def __init__(
         self,
@@ -63,6 +102,7 @@ class SegmentationDataModule(ResumableDataModule):
         std: Sequence[float] = IMAGENET_STD,
         on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
         seed: int = 0,
+        encode: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.train_manifest = with_masks(manifest, "train")
@@ -77,6 +117,8 @@ class SegmentationDataModule(ResumableDataModule):
         self.on_bad_image = on_bad_image
         self.bad_image_log = Path(run_dir) / SKIPPED_IMAGES
         self.seed = seed
+        self.encode = encode
+        self._encoded: dict[str, EncodedDataset] = {}
 
     def _dataset(self, manifest: Manifest, transform: Callable[..., dict[str, Any]], train: bool) -> Dataset:
         return ManifestDataset(
@@ -87,16 +129,35 @@ class SegmentationDataModule(ResumableDataModule):
             seed=self.seed if train else None,
         )
 
+    def _encoded_dataset(self, split: str) -> EncodedDataset:
+        """The split's `EncodedDataset`, encoded on first use (a resumed or refitted run encodes again)."""
+        if split not in self._encoded:
+            assert self.encode is not None
+            manifest = self.train_manifest if split == "train" else self.val_manifest
+            transform = segmentation_eval_transform(self.image_size, mean=self.mean, std=self.std)
+            base = self._dataset(manifest, transform, train=False)
+            log.info("encoding %d %s images once (frozen encoder, no augmentation)", len(base), split)
+            # on the trainer's device (the model is there once the loaders are asked for)
+            device = self.trainer.lightning_module.device if self.trainer is not None else torch.device("cpu")
+            self._encoded[split] = EncodedDataset(
+                base, self.encode, batch_size=self.batch_size, device=device
+            )
+        return self._encoded[split]
+
     def train_dataloader(self) -> DataLoader:
-        transform = segmentation_train_transform(self.image_size, mean=self.mean, std=self.std)
-        dataset = self._dataset(self.train_manifest, transform, train=True)
-        return self.epoch_loader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
-        )
+        if self.encode is not None:
+            dataset: Dataset = self._encoded_dataset("train")
+        else:
+            transform = segmentation_train_transform(self.image_size, mean=self.mean, std=self.std)
+            dataset = self._dataset(self.train_manifest, transform, train=True)
+        workers = 0 if self.encode is not None else self.num_workers  # in memory: nothing to load
+        return self.epoch_loader(dataset, batch_size=self.batch_size, num_workers=workers, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_manifest) == 0:
             return []
+        if self.encode is not None:
+            return DataLoader(self._encoded_dataset("val"), batch_size=self.batch_size, collate_fn=collate)
         transform = segmentation_eval_transform(self.image_size, mean=self.mean, std=self.std)
         return DataLoader(
             self._dataset(self.val_manifest, transform, train=False),

@@ -36,6 +36,7 @@ def segment_stage(ctx: Any) -> None:
     for source, encoder, head in runs:
         cfg = OmegaConf.structured(SegmentConfig)
         cfg.seed, cfg.encoder, cfg.head, cfg.mode = ctx.cfg.seed, encoder, head, "frozen"
+        cfg.precompute, cfg.head_options = stage.precompute, stage.head_options.get(head, {})
         cfg.data = ctx.generated_data()
         cfg.batch_size = stage.batch_size
         cfg.trainer.max_epochs, cfg.trainer.progress_bar = stage.max_epochs, stage.progress_bar
@@ -60,7 +61,9 @@ def segment_stage(ctx: Any) -> None:
     ctx.report.heading("Segmentation")
     ctx.report.text(
         f"Segmentation heads on the frozen encoder, trained on the lesion masks of `{ctx.cfg.data.name}` "
-        f"({stage.max_epochs} epochs, MONAI DiceCELoss) and scored on the test split at the original image "
+        f"({stage.max_epochs} epochs, MONAI DiceCELoss"
+        + (", each image encoded once without augmentation" if stage.precompute else "")
+        + ") and scored on the test split at the original image "
         "size (Dice and IoU per image, then averaged; HD95 in pixels). Each run folder under `segment/` "
         "holds the predicted masks, per-image metrics and the trained segmenter."
     )

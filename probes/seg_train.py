@@ -44,10 +44,16 @@ class SegmentationTask(L.LightningModule):
         self.settings = dict(lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
         self.warmup_steps, self.betas, self.on_nonfinite = warmup_steps, betas, on_nonfinite
 
+    def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The model's logits; from the batch's precomputed encoder `maps` (B, blocks, D, h, w) if given."""
+        if "maps" in batch:
+            return self.model.decode(list(batch["maps"].unbind(1)), batch["image"])
+        return self.model(batch["image"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if "image" not in batch:  # every image of the batch was unreadable and skipped
             return None
-        logits = self.model(batch["image"])
+        logits = self._logits(batch)
         loss = self.loss(logits.float(), batch["mask"][:, None].long())
         if not check_finite(loss, self.global_step, policy=self.on_nonfinite):
             return None  # Lightning skips backward for a None loss
@@ -65,7 +71,7 @@ class SegmentationTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "image" not in batch:
             return
-        logits = self.model(batch["image"])
+        logits = self._logits(batch)
         classes = logits.shape[1]
         pred = F.one_hot(logits.argmax(1), classes).permute(0, 3, 1, 2)
         truth = F.one_hot(batch["mask"].long(), classes).permute(0, 3, 1, 2)

@@ -49,6 +49,11 @@ PER_IMAGE = "per_image.csv"
 OVERLAY_PER_ROW = 4
 
 
+def _training_device(cfg: DictConfig) -> torch.device:
+    """Where the trainer runs: the CPU preset stays on the CPU even when a GPU is present."""
+    return resolve_device("cpu" if cfg.trainer.accelerator == "cpu" else None)
+
+
 def build_model(cfg: DictConfig) -> SegmentationModel:
     """The model to train: `cfg.encoder` (any `load_probe_encoder` spec) + `cfg.head`, frozen or trainable."""
     if cfg.mode not in MODES:
@@ -76,6 +81,7 @@ def train(cfg: DictConfig, model: SegmentationModel, manifest: Manifest, run_dir
         std=spec.std,
         on_bad_image=cfg.data.on_bad_image,
         seed=cfg.seed,
+        encode=model.encode if cfg.precompute else None,
     )
     task = SegmentationTask(
         model,
@@ -234,10 +240,11 @@ def run_segment(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, A
     """Train (unless `cfg.checkpoint` names a saved segmenter) and evaluate into `run_dir`; returns what
     metrics.json holds."""
     run_dir = start_run(cfg, run_dir)
-    # predict where the trainer ran: the CPU preset stays on the CPU even when a GPU is present
-    device = resolve_device("cpu" if cfg.trainer.accelerator == "cpu" else None)
+    device = _training_device(cfg)
     if cfg.predict.mode not in PREDICT_MODES:
         raise ConfigError(f"predict.mode={cfg.predict.mode!r} is not one of {PREDICT_MODES}")
+    if cfg.precompute and cfg.mode != "frozen" and not cfg.checkpoint:
+        raise ConfigError("precompute=true needs mode=frozen: a fine-tuned encoder's maps change every step")
     # the model first: a bad head, mode or encoder fails before any data is read or generated
     model = load_segmenter(cfg.checkpoint) if cfg.checkpoint else build_model(cfg)
     manifest = load_data(cfg.data, run_dir)

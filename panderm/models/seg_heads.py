@@ -382,13 +382,20 @@ class SegmentationModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's maps (B, D, h, w) of each distinct block the head reads (without gradient when
+        frozen): what `decode` takes, and what a frozen run may compute once per image."""
         if self.frozen:
             with torch.no_grad():
-                maps = self.encoder.intermediates(x, self._blocks)
-        else:
-            maps = self.encoder.intermediates(x, self._blocks)
+                return self.encoder.intermediates(x, self._blocks)
+        return self.encoder.intermediates(x, self._blocks)
+
+    def decode(self, maps: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The head's logits (B, num_classes, H, W) from `encode(x)`'s maps and the image `x`."""
         return self.head([maps[j] for j in self._take], x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), x)
 
 
 def head_option_defaults(head: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from panderm.models.encoder import Encoder
 from panderm.pretrain.methods import Method
+from panderm.pretrain.methods.base import PROBE_FEATURES
 from panderm.pretrain.objectives import check_finite
 from panderm.pretrain.optim import build_optimizer, param_groups, scaled_lr, warmup_length
 
@@ -86,6 +87,7 @@ class PretrainModule(L.LightningModule):
             step=self.global_step,
             total_steps=self._total_steps(),
         )
+        probe_features = out.pop(PROBE_FEATURES, None)
         loss = out["loss"].float()
         self._stepped = check_finite(loss, self.global_step, policy=self.on_nonfinite)
         if not self._stepped:
@@ -100,15 +102,22 @@ class PretrainModule(L.LightningModule):
                 sync_dist=True,
             )
         if self.probe is not None:
-            loss = loss + self._probe_step(images, batch["label"])
+            loss = loss + self._probe_step(images, batch["label"], probe_features)
         return loss
 
-    def _probe_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _probe_step(
+        self, images: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The probe's loss on `features` (the method's detached CLS of `images`) or, without them, on the
+        encoder's features of `images`, computed here without gradient."""
         labelled = labels >= 0
         if int(labelled.sum()) < 2:  # batch statistics need two samples
             return images.new_zeros(())
-        with torch.no_grad():
-            features = self.encoder.features(images[labelled])
+        if features is None:
+            with torch.no_grad():
+                features = self.encoder.features(images[labelled])
+        else:
+            features = features[labelled]
         probe_loss = F.cross_entropy(self.probe(features), labels[labelled])
         self.log("train/probe_loss", probe_loss.detach(), sync_dist=True)
         return probe_loss

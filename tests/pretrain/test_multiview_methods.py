@@ -11,6 +11,8 @@ from panderm.data.transforms import MultiView
 from panderm.models.encoder import create_encoder
 from panderm.models.teachers import EMATeacher, momentum_schedule
 from panderm.pretrain.methods import Dino, Ibot, Mae, SimClr, build_method
+from panderm.pretrain.methods.base import PROBE_FEATURES
+from panderm.pretrain.module import PretrainModule
 from panderm.pretrain.objectives import PretrainError
 
 B = 4
@@ -119,6 +121,31 @@ def test_ibot_patch_term_reads_masked_positions_only():
     assert method(encoder, views, mask, step=0, total_steps=10)["patch"].item() > 0
     with pytest.raises(PretrainError, match="masks of shape"):
         method(encoder, views, mask[:, 0])
+
+
+@pytest.mark.parametrize("name", ["dino", "simclr"])
+def test_probe_features_are_the_first_views_cls_and_spare_the_probe_a_forward(name, monkeypatch):
+    """The online probe trains on the method's detached CLS of the first view: the encoder's own features of
+    that view (unmasked, final norm), so the module runs no extra forward for it."""
+    encoder, method, views, mask = make(name)
+    out = method(encoder, views, mask, step=0, total_steps=10)
+    features = out[PROBE_FEATURES]
+    assert not features.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(features, encoder.features(views[0]))
+    module = PretrainModule(encoder, method, num_classes=3)
+    monkeypatch.setattr(module, "_total_steps", lambda: 10)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    called, outputs = [], []
+    monkeypatch.setattr(encoder, "features", lambda *a, **k: called.append(1))
+    forward = method.forward
+    monkeypatch.setattr(method, "forward", lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1])
+    batch = {"image": views[0], "views": views, "label": torch.tensor([0, 1, 2, -1])}
+    loss = module.training_step(batch, 0)
+    assert called == [] and PROBE_FEATURES not in outputs[0]  # popped, so never logged as a term
+    seen = outputs[0]["loss"]
+    expected = F.cross_entropy(module.probe(features[:3]), batch["label"][:3])
+    torch.testing.assert_close(loss, seen + expected)
 
 
 def test_simclr_is_symmetric_in_its_views_and_learns_one_batch():

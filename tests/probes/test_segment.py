@@ -18,11 +18,18 @@ from PIL import Image
 
 from panderm.cli import main
 from panderm.config import register_configs
+from panderm.data.dataset import collate
+from panderm.data.manifest import read_manifest
+from panderm.data.transforms import segmentation_eval_transform
+from panderm.errors import ProbeError
+from panderm.models.encoder import Encoder
 from panderm.models.seg_heads import load_segmenter
 from panderm.models.seg_outputs import logits_to_masks
 from panderm.paths import config_dir
+from probes.seg_data import SegmentationDataModule, masked_counts
 from probes.seg_predict import window_logits
-from probes.segment import run_segment
+from probes.seg_train import SegmentationTask
+from probes.segment import build_model, run_segment
 from tests.killing import assert_same_weights, sigterm_after_checkpoint
 
 TINY = [
@@ -77,6 +84,51 @@ def test_frozen_run_writes_consistent_outputs(tmp_path):
     assert "Segmentation metrics" in (run / "report.md").read_text()
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["eval"]["test"]["raw"]["dice"] == pytest.approx(metrics["eval"]["test"]["raw"]["dice"])
+
+
+def test_precompute_encodes_each_image_once_and_trains_the_head_on_those_maps(tmp_path, monkeypatch):
+    """precompute=true: the frozen encoder sees each train and val image once (not once per epoch); the maps
+    it serves are the model's own `encode` of the evaluation-transformed image, so the head trains on exactly
+    what `forward` would give it."""
+    seen = []
+    intermediates = Encoder.intermediates
+    monkeypatch.setattr(
+        Encoder,
+        "intermediates",
+        lambda self, x, layers: seen.append(len(x)) or intermediates(self, x, layers),
+    )
+    cfg = segment_config(
+        tmp_path, "head=unetr", "precompute=true", "trainer.max_epochs=3", "predict.splits=[]"
+    )
+    with pytest.raises(ProbeError, match=r"none of predict\.splits"):  # training done; nothing to predict
+        run_segment(cfg, tmp_path / "run")
+    counts = masked_counts(read_manifest(tmp_path / "synthderm" / "manifest.csv"))
+    assert sum(seen) == counts["train"]["with_mask"] + counts["val"]["with_mask"]
+    model = build_model(cfg)
+    data = SegmentationDataModule(
+        read_manifest(tmp_path / "synthderm" / "manifest.csv"),
+        tmp_path,
+        image_size=32,
+        batch_size=8,
+        encode=model.encode,
+    )
+    encoded = data._encoded_dataset("train")
+    plain = data._dataset(data.train_manifest, segmentation_eval_transform(32), train=False)
+    for i in (0, len(encoded) - 1):
+        sample = encoded[(2, i)]
+        assert sample is encoded[i] and torch.equal(sample["image"], plain[i]["image"])
+        expected = model.encode(sample["image"][None])
+        torch.testing.assert_close(sample["maps"], torch.stack(expected, dim=1)[0])
+    batch = collate([encoded[0], encoded[1]])
+    task = SegmentationTask(model)
+    torch.testing.assert_close(task._logits(batch), model(batch["image"]))
+
+
+def test_precompute_needs_a_frozen_encoder(tmp_path, capsys):
+    args = ["segment", f"hydra.run.dir={tmp_path / 'run'}", f"data.out_dir={tmp_path / 'data'}"]
+    assert main([*args, "mode=finetune", "precompute=true"]) == 1
+    assert "precompute=true needs mode=frozen" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
 def test_checkpoint_only_run_reproduces_the_predictions(tmp_path):

@@ -9,6 +9,10 @@ total_steps=total)``, then ``loss = out["loss"]``, and after each optimiser step
 - multi-view methods (`view_transform` returns a `MultiView`) get the list of views, each (B, 3, h, w), global
   views first, and, when `num_masks` > 0, masks (B, num_masks, N) for their first `num_masks` views.
 
+A method that already computes the unmasked final-norm CLS of `images` (the first view) may return it,
+detached, as ``out[PROBE_FEATURES]`` (B, D): the online probe then trains on it instead of running the encoder
+again (a sixth of a SimCLR step on the CPU).
+
 Optimisers must take only parameters with ``requires_grad=True``: EMA teachers are frozen submodules (so
 resumed runs restore them) whose parameters are listed by `parameters()` but never trained.
 """
@@ -26,6 +30,8 @@ from panderm.models.encoder import Encoder
 from panderm.pretrain.objectives import PretrainError
 
 MaskMode = Literal["drop", "replace", "none"]
+#: the key of the optional detached CLS features in a method's output (see the module docstring)
+PROBE_FEATURES = "probe_features"
 
 
 def check_batch(encoder: Encoder, images: Tensor, mask: Tensor) -> None:

@@ -18,7 +18,7 @@ from panderm.errors import ConfigError
 from panderm.models.encoder import Encoder
 from panderm.models.teachers import EMATeacher, ema_update, momentum_schedule
 from panderm.pretrain.heads import Projector, PrototypeHead
-from panderm.pretrain.methods.base import Method
+from panderm.pretrain.methods.base import PROBE_FEATURES, Method
 from panderm.pretrain.objectives import (
     PretrainError,
     center_update,
@@ -180,7 +180,8 @@ class Dino(Method):
         step: int = 0,
         total_steps: int | None = None,
     ) -> dict[str, Tensor]:
-        terms, *_ = self._distillation(encoder, images, None, step, total_steps)
+        terms, student_tokens, *_ = self._distillation(encoder, images, None, step, total_steps)
+        terms[PROBE_FEATURES] = student_tokens[: images[0].shape[0], 0].detach()  # first view, unmasked
         return terms
 
     def _momentum(self, step: int, total_steps: int) -> float:
@@ -307,5 +308,6 @@ class SimClr(Method):
     ) -> dict[str, Tensor]:
         views = _views(images, 2, self.name)
         batch = views[0].shape[0]
-        z1, z2 = self.projector(encoder.tokens(torch.cat(views[:2]))[:, 0]).split(batch)
-        return {"loss": info_nce_loss(z1, z2, self.temperature)}
+        cls = encoder.tokens(torch.cat(views[:2]))[:, 0]
+        z1, z2 = self.projector(cls).split(batch)
+        return {"loss": info_nce_loss(z1, z2, self.temperature), PROBE_FEATURES: cls[:batch].detach()}
