@@ -28,6 +28,12 @@ from panderm.runs import load_task, start_run, write_metrics
 log = logging.getLogger(__name__)
 
 
+def random_encoder_spec(image_size: int, depth: int | None) -> str:
+    """The demo's ViT-tiny/8 (`depth` blocks; None: the architecture's 12) at random init, as a probe encoder
+    spec (`random:vit_tiny/8@<size>[,depth=N]`)."""
+    return f"random:vit_tiny/8@{image_size}" + (f",depth={depth}" if depth else "")
+
+
 @dataclass
 class DemoContext:
     """What stages share: the config, the run folder, the report, metrics, and the data sets built so far."""
@@ -45,8 +51,7 @@ class DemoContext:
     @property
     def random_encoder(self) -> str:
         """The demo encoder's architecture at random init, as a probe encoder spec."""
-        depth = self.cfg.pretrain.depth
-        return f"random:vit_tiny/8@{self.cfg.image_size}" + (f",depth={depth}" if depth else "")
+        return random_encoder_spec(self.cfg.image_size, self.cfg.pretrain.depth)
 
     def generated_data(self) -> DictConfig:
         """A copy of the dermatology data config pointing at the images the data stage generated."""

@@ -47,6 +47,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from panderm.config import DemoPretrainConfig, register_configs  # noqa: E402
+from panderm.demo import random_encoder_spec  # noqa: E402
 from panderm.paths import config_dir  # noqa: E402
 from probes.features import write_pixel_features  # noqa: E402
 from probes.run import run_probe  # noqa: E402
@@ -62,7 +63,7 @@ DATASETS: dict[str, str] = {
     "breastmnist": "breastmnist/breastmnist.npz",
 }
 DEMO_DEPTH = DemoPretrainConfig().depth
-RANDOM_SPEC = "random:vit_tiny/8@64" + (f",depth={DEMO_DEPTH}" if DEMO_DEPTH else "")
+RANDOM_SPEC = random_encoder_spec(64, DEMO_DEPTH)
 SOURCES = ("random", "pretrained", "pixels")
 SPLITS = ("train", "val", "test")
 
@@ -129,7 +130,7 @@ def pretrained_encoder(out: Path, given: str | None) -> str:
     if given:
         return given
     budget = DemoPretrainConfig()
-    run = out / f"pretrain_{budget.max_epochs}ep_depth{budget.depth}"
+    run = out / f"pretrain_{budget.max_epochs}ep_depth{budget.depth or 12}"
     encoder = run / "encoder.safetensors"
     if encoder.is_file():
         log.info("pretrained encoder: reusing %s", encoder)

@@ -26,6 +26,18 @@ def shared_data() -> Path:
     return shared_path()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: slow tests lead, ordered by their `minutes` estimate (`@pytest.mark.slow(minutes=6)`,
+    1 by default), so that under `--dist worksteal` the demo starts at once and the other worker steals the
+    short tests around it."""
+
+    def minutes(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("slow")
+        return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1))
+
+    items.sort(key=minutes, reverse=True)  # stable: equal estimates keep the collection order
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Two xdist workers share two cores: one intra-op thread each avoids oversubscription.
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from panderm.data.manifest import read_manifest
+from panderm.demo import random_encoder_spec
 from probes.run import run_probe
 from tests.data.helpers import small_folder, write_truncated_jpeg
 from tests.probes.test_run import probe_config
@@ -26,7 +27,7 @@ def run_demo(run_dir, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 def test_default_demo(tmp_path):
     """`panderm demo` with its defaults, run once (minutes): the report, then the pretraining gain."""
     run_dir = tmp_path / "demo"
@@ -185,7 +186,7 @@ def check_pretraining_beats_random_init(default_demo, tmp_path):
     depth = OmegaConf.load(default_demo / "config.yaml").pretrain.depth
     for name, encoder in (
         ("pretrained", default_demo / "pretrain" / "encoder.safetensors"),
-        ("random", f"'random:vit_tiny/8@64,depth={depth}'"),
+        ("random", f"'{random_encoder_spec(64, depth)}'"),
     ):
         overrides = ["data.n_patients=400", "data.seed=1", "data.image_size=64", f"encoder={encoder}"]
         saved = run_probe(probe_config(tmp_path, *overrides), tmp_path / name)
