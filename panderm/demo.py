@@ -96,6 +96,7 @@ def pretrain_stage(ctx: DemoContext) -> None:
     cfg.seed, cfg.image_size, cfg.batch_size = ctx.cfg.seed, ctx.cfg.image_size, stage.batch_size
     cfg.data = ctx.generated_data()
     cfg.encoder.image_size, cfg.encoder.depth = ctx.cfg.image_size, stage.depth
+    cfg.objective.options = OmegaConf.merge(cfg.objective.options, stage.objective_options)
     cfg.trainer.max_epochs, cfg.trainer.progress_bar = stage.max_epochs, stage.progress_bar
     run_dir = ctx.run_dir / "pretrain"
     metrics = run_pretrain(cfg, run_dir)
@@ -104,7 +105,9 @@ def pretrain_stage(ctx: DemoContext) -> None:
     vit = f"ViT {cfg.encoder.arch}/{cfg.encoder.patch_size}"
     vit += f" ({cfg.encoder.depth} blocks)" if cfg.encoder.depth else ""
     ctx.report.text(
-        f"`{cfg.objective.name}` on `{cfg.data.name}`, {vit} at {cfg.image_size} px, "
+        f"`{cfg.objective.name}` on `{cfg.data.name}`, {vit} at {cfg.image_size} px"
+        + (f" ({OmegaConf.to_container(cfg.objective.options)})" if cfg.objective.options else "")
+        + ", "
         f"{metrics['global_step']} steps of {cfg.batch_size} images. Run folder: "
         "`pretrain/` (checkpoints, logs, the exported `encoder.safetensors`)."
     )

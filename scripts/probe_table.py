@@ -5,9 +5,9 @@ feature source
 
 - ``random``: a randomly initialised ViT-tiny/8 at 64 px with the demo's depth (``RANDOM_SPEC``, seed 0),
 - ``pretrained``: the encoder of ``panderm pretrain`` (its default objective, on SynthDerm) at the demo's
-  budget (`panderm.config.DemoPretrainConfig`: epochs, batch size, depth), trained into
-  ``<out>/pretrain_<epochs>ep_depth<depth>`` (reused when there) unless ``--pretrained PATH`` names an
-  exported encoder,
+  budget (`panderm.config.DemoPretrainConfig`: epochs, batch size, depth, objective options), trained into
+  ``<out>/pretrain_<epochs>ep_depth<depth>[_<option><value>...]`` (reused when there) unless
+  ``--pretrained PATH`` names an exported encoder,
 - ``pixels``: the raw 28x28 pixels (all channels, scaled to [0, 1]) flattened and written as a features
   ``.npz`` that the probe reads with ``features=``,
 
@@ -130,7 +130,9 @@ def pretrained_encoder(out: Path, given: str | None) -> str:
     if given:
         return given
     budget = DemoPretrainConfig()
-    run = out / f"pretrain_{budget.max_epochs}ep_depth{budget.depth or 12}"
+    options = budget.objective_options
+    tag = "".join(f"_{key}{value}" for key, value in sorted(options.items()))
+    run = out / f"pretrain_{budget.max_epochs}ep_depth{budget.depth or 12}{tag}"
     encoder = run / "encoder.safetensors"
     if encoder.is_file():
         log.info("pretrained encoder: reusing %s", encoder)
@@ -144,6 +146,7 @@ def pretrained_encoder(out: Path, given: str | None) -> str:
         f"trainer.max_epochs={budget.max_epochs}",
         f"batch_size={budget.batch_size}",
         f"encoder.depth={budget.depth or 'null'}",
+        *(f"+objective.options.{key}={value}" for key, value in options.items()),
         "trainer.progress_bar=false",
     ]
     log.info("pretraining at the demo's budget (%d epochs): %s", budget.max_epochs, " ".join(command[2:]))
@@ -243,12 +246,14 @@ def _cell(value: float | None, ci: tuple[float, float] | None) -> str:
 
 def source_labels(pretrained: str | None) -> dict[str, str]:
     """How the table names each feature source (`pretrained`: the --pretrained path, if one was given)."""
-    epochs = DemoPretrainConfig().max_epochs
+    budget = DemoPretrainConfig()
+    options = "".join(f", {key} {value}" for key, value in budget.objective_options.items())
+    blocks = DEMO_DEPTH or 12
     return {
         "random": f"random init (`{RANDOM_SPEC}`)",
         "pretrained": f"`{pretrained}`"
         if pretrained
-        else f"demo-pretrained ViT-tiny/8@64, {DEMO_DEPTH or 12} blocks ({epochs} epochs)",
+        else f"demo-pretrained ViT-tiny/8@64, {blocks} blocks ({budget.max_epochs} epochs{options})",
         "pixels": "raw pixels (28x28, flattened)",
     }
 
