@@ -182,7 +182,8 @@ def check_pretraining_beats_random_init(default_demo, tmp_path):
     estimate is not the noise of a small test split: +0.063 balanced accuracy measured (0.429 vs 0.366). The
     recipe was chosen on draws 2 and 3; on the held-out draws 1, 4 and 5 it gained +0.063, +0.042, +0.051
     (the issue's 0.10 is not reached; README). Every run is seeded (augmentations per sample, as the resume
-    tests check), so the measured gain repeats on this machine; 0.04 leaves room for another CPU's rounding."""
+    tests check), so the measured gain repeats on this machine; 0.04 leaves room for another CPU's
+    rounding."""
     scores = {}
     depth = OmegaConf.load(default_demo / "config.yaml").pretrain.depth
     for name, encoder in (
