@@ -47,13 +47,14 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
     from panderm.paths import config_dir
     from panderm.runs import load_task
 
-    task = load_task(HYDRA_COMMANDS[config_name][0])
     register_configs()
     status = {"code": 0}
 
     @hydra.main(config_path=str(config_dir(config_name)), config_name=config_name, version_base="1.3")
     def app(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        # imported once the config is valid: a misspelt key or --help need not load torch and Lightning
+        task = load_task(HYDRA_COMMANDS[config_name][0])
         try:
             task(cfg, run_dir)
             print(f"outputs: {run_dir}")

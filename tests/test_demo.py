@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,11 +20,14 @@ from tests.probes.test_run import probe_config
 
 
 def run_demo(run_dir, *overrides: str) -> subprocess.CompletedProcess:
+    # Under xdist the other worker holds the second core: one thread here, not two fighting over one.
+    threads = {"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
     return subprocess.run(
         [sys.executable, "-m", "panderm.cli", "demo", f"hydra.run.dir={run_dir}", *overrides],
         capture_output=True,
         text=True,
         timeout=1500,
+        env={**os.environ, **threads},
     )
 
 
