@@ -98,7 +98,7 @@ def test_precompute_encodes_each_image_once_and_trains_the_head_on_those_maps(tm
         lambda self, x, layers: seen.append(len(x)) or intermediates(self, x, layers),
     )
     cfg = segment_config(
-        tmp_path, "head=unetr", "precompute=true", "trainer.max_epochs=3", "predict.splits=[]"
+        tmp_path, "head=unetr", "precompute=true", "trainer.max_epochs=2", "predict.splits=[]"
     )
     with pytest.raises(ProbeError, match=r"none of predict\.splits"):  # training done; nothing to predict
         run_segment(cfg, tmp_path / "run")
