@@ -62,9 +62,9 @@ class EncodedDataset(Dataset):
         device: torch.device,
     ) -> None:
         self.samples: list[dict[str, Any] | None] = [None] * len(base)
-        loader = DataLoader(range(len(base)), batch_size=batch_size, collate_fn=list)
         with torch.no_grad():
-            for indices in loader:
+            for start in range(0, len(base), batch_size):
+                indices = range(start, min(start + batch_size, len(base)))
                 kept = [(i, s) for i in indices if (s := base[i]) is not None]
                 if not kept:
                     continue
@@ -86,9 +86,9 @@ class SegmentationDataModule(ResumableDataModule):
     size (`segmentation_eval_transform`). Raises `DataError` when no training row has a mask.
 
     With `encode` (a frozen model's `encode`), both loaders serve `EncodedDataset`s instead: every image at
-    the evaluation transform, its encoder maps computed once on `device` (no augmentation, as in eva's
-    embeddings-then-head protocol), so an epoch costs only the head; memory: images x blocks x D x h x w
-    floats."""
+    the evaluation transform, its encoder maps computed once on the trainer's device (no augmentation, as in
+    eva's embeddings-then-head protocol), so an epoch costs only the head; memory: images x blocks x D x h x
+    w floats."""
 
     def __init__(
         self,
