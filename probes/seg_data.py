@@ -145,13 +145,14 @@ class SegmentationDataModule(ResumableDataModule):
         return self._encoded[split]
 
     def train_dataloader(self) -> DataLoader:
-        if self.encode is not None:
-            dataset: Dataset = self._encoded_dataset("train")
-        else:
-            transform = segmentation_train_transform(self.image_size, mean=self.mean, std=self.std)
-            dataset = self._dataset(self.train_manifest, transform, train=True)
-        workers = 0 if self.encode is not None else self.num_workers  # in memory: nothing to load
-        return self.epoch_loader(dataset, batch_size=self.batch_size, num_workers=workers, seed=self.seed)
+        if self.encode is not None:  # in memory: no workers needed to load it
+            encoded = self._encoded_dataset("train")
+            return self.epoch_loader(encoded, batch_size=self.batch_size, num_workers=0, seed=self.seed)
+        transform = segmentation_train_transform(self.image_size, mean=self.mean, std=self.std)
+        dataset = self._dataset(self.train_manifest, transform, train=True)
+        return self.epoch_loader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_manifest) == 0:

@@ -49,11 +49,6 @@ PER_IMAGE = "per_image.csv"
 OVERLAY_PER_ROW = 4
 
 
-def _training_device(cfg: DictConfig) -> torch.device:
-    """Where the trainer runs: the CPU preset stays on the CPU even when a GPU is present."""
-    return resolve_device("cpu" if cfg.trainer.accelerator == "cpu" else None)
-
-
 def build_model(cfg: DictConfig) -> SegmentationModel:
     """The model to train: `cfg.encoder` (any `load_probe_encoder` spec) + `cfg.head`, frozen or trainable."""
     if cfg.mode not in MODES:
@@ -240,7 +235,8 @@ def run_segment(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, A
     """Train (unless `cfg.checkpoint` names a saved segmenter) and evaluate into `run_dir`; returns what
     metrics.json holds."""
     run_dir = start_run(cfg, run_dir)
-    device = _training_device(cfg)
+    # predict where the trainer ran: the CPU preset stays on the CPU even when a GPU is present
+    device = resolve_device("cpu" if cfg.trainer.accelerator == "cpu" else None)
     if cfg.predict.mode not in PREDICT_MODES:
         raise ConfigError(f"predict.mode={cfg.predict.mode!r} is not one of {PREDICT_MODES}")
     if cfg.precompute and cfg.mode != "frozen" and not cfg.checkpoint:
