@@ -338,6 +338,8 @@ class SegmentConfig:
     # frozen only: encode each train/val image once (evaluation transform, no augmentation) and train the head
     # on those maps, eva's embeddings-then-head protocol; epochs then cost only the head
     precompute: bool = False
+    # the best/median/worst overlay grid per evaluated split (figures/overlay_<split>.png)
+    plots: bool = True
     batch_size: int = 32
     num_workers: int = 2
     on_nonfinite: str = "raise"

@@ -160,7 +160,7 @@ def evaluate_split(
     device: torch.device,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Predict every image of `split`, save the masks, score those with a true mask (raw and, with
-    `cfg.predict.postprocess`, post-processed) and plot the best, median and worst cases.
+    `cfg.predict.postprocess`, post-processed) and (with `cfg.plots`) plot the best, median and worst cases.
 
     Returns the per-image table and {"raw": summary, "postprocessed": summary, "images", "scored"}.
     """
@@ -195,8 +195,9 @@ def evaluate_split(
         if cfg.predict.postprocess:
             renamed = scored[["dice_pp", "iou_pp", "hd95_pp"]].rename(columns=lambda c: c[:-3])
             result["postprocessed"] = summarise(renamed)
-        figure = run_dir / "figures" / f"overlay_{split}.png"
-        result["overlay"] = str(_overlay(scored, rows, model, cfg, run_dir, device, figure))
+        if cfg.plots:
+            figure = run_dir / "figures" / f"overlay_{split}.png"
+            result["overlay"] = str(_overlay(scored, rows, model, cfg, run_dir, device, figure))
     return frame.drop(columns="row"), result
 
 

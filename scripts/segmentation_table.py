@@ -71,7 +71,7 @@ def segment(encoder: str, head: str, data: dict, out: Path, args: argparse.Names
     cfg.encoder, cfg.head, cfg.mode = encoder, head, "frozen"
     cfg.data = OmegaConf.merge(cfg.data, data)
     cfg.trainer.max_epochs, cfg.trainer.progress_bar = args.epochs, False
-    cfg.batch_size = args.batch_size
+    cfg.batch_size, cfg.plots = args.batch_size, not args.no_plots
     for key, value in extra.items():
         OmegaConf.update(cfg, key, value)
     return run_segment(cfg, out)
@@ -120,11 +120,12 @@ def main() -> None:
     parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="at most N images per split (smoke runs)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the overlay figures (smoke runs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
     out = args.out
-    isic = read_isic(args.isic)
+    isic = read_isic(args.isic, boxes_from_masks=False)  # segmentation reads the masks themselves
     limit = args.limit
     seg_csv = write_manifest(isic, out / "isic_segmentation.csv", {"train": limit, "val": limit})
     isic_data = data_config(seg_csv, args.isic, "isic2017")

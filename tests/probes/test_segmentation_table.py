@@ -26,6 +26,7 @@ def test_segmentation_table_script_runs_on_isic_and_ph2(tmp_path):
         "--epochs=1",
         "--pretrain-epochs=1",
         "--heads=linear,unetr",
+        "--no-plots",
         f"--out={tmp_path}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -40,3 +41,4 @@ def test_segmentation_table_script_runs_on_isic_and_ph2(tmp_path):
         assert rows["Dice"].between(0, 1).all() and rows["IoU"].le(rows["Dice"] + 1e-9).all()
     text = (tmp_path / "segmentation_table.md").read_text()
     assert "Dice pretrained - random" in text
+    assert not list(tmp_path.rglob("overlay_*.png"))  # --no-plots
