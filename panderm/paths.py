@@ -29,16 +29,24 @@ def config_dir(command: str | None = None) -> Path:
     return root / OWN_CONFIG_TREES[command] if command in OWN_CONFIG_TREES else root
 
 
-def resolve_under(root: Path, relative: str | os.PathLike[str], *, allow_outside: bool = False) -> Path:
+def resolve_under(
+    root: Path,
+    relative: str | os.PathLike[str],
+    *,
+    allow_outside: bool = False,
+    option: str = "data.allow_outside_root=true",
+) -> Path:
     """Join `relative` to `root` and refuse the result if it escapes `root`.
 
     The check is lexical (normpath, not realpath) so that symlinked data folders inside the root keep working,
-    while `../` tricks and absolute paths elsewhere are refused with a `DataError` naming the path.
+    while `../` tricks and absolute paths elsewhere are refused with a `DataError` naming the path and the
+    opt-in `option` as the user would type it (the command-line override of the caller's config).
     """
     root = Path(os.path.abspath(root))
     candidate = Path(os.path.normpath(root / relative))
     if not allow_outside and not candidate.is_relative_to(root):
         raise DataError(
-            f"path {str(relative)!r} escapes the data root {root} (pass allow_outside=True to permit)"
+            f"path {str(relative)!r} escapes the data root {root}; move the file under the root, or set "
+            f"{option} to read files outside it"
         )
     return candidate
