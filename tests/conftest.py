@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw new examples on every local run; CI (CI=true) replays a fixed, derandomised draw so a
+# red build reproduces, and keeps no example database.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "default")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PANDERM_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -49,7 +49,8 @@ _QWEN2_TAGS = re.compile(
 )
 _INNER_GROUP = re.compile(r"[\[(]([^\[\]()]*)[\])]")
 _SEPARATORS = re.compile(r"[\s,;\[\]()]+")
-_JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
+_JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)  # a brace pair with no brace inside
+_DECODER = json.JSONDecoder()
 
 
 class RegionParse(list):
@@ -167,21 +168,65 @@ def _parse_tagged(text: str, norm: str, style: str, width: float, height: float)
     return out
 
 
+def _holds_object(values: list[object]) -> bool:
+    """Whether decoded JSON values hold an object at any depth (walked with a stack, not recursion)."""
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            return True
+        if isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def _decode_at(text: str, norm: str | None, start: int) -> tuple[object, int]:
+    """The JSON value at `start`: read from the original text (labels keep their full-width punctuation),
+    else from `norm`, the text with full-width punctuation made ASCII (None when that changes nothing)."""
+    try:
+        return _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError:
+        if norm is None:
+            raise
+        return _DECODER.raw_decode(norm, start)
+
+
+def _json_objects(text: str, norm: str) -> Iterator[tuple[int, int, object | None, str | None]]:
+    """``(start, end, object, problem)`` for each JSON object in the text, left to right.
+
+    Objects are decoded with ``json.JSONDecoder.raw_decode`` from each ``{``, so strings holding braces and
+    nested values read whole. A decoded object without ``bbox_2d`` that holds other objects is looked into
+    (boxes listed under a key); a brace pair that is not valid JSON is reported; a stray ``{`` is skipped."""
+    pos, alternative = 0, (norm if norm != text else None)
+    while (start := norm.find("{", pos)) != -1:
+        try:
+            obj, end = _decode_at(text, alternative, start)
+        except json.JSONDecodeError as exc:
+            flat = _JSON_OBJECT.match(norm, start)
+            if flat:
+                yield start, flat.end(), None, f"invalid JSON ({exc.msg})"
+            pos = flat.end() if flat else start + 1
+            continue
+        except RecursionError:  # the stdlib decoder recurses once per nesting level
+            yield start, len(norm), None, "JSON nested too deeply; the rest of the text was not read"
+            return
+        if isinstance(obj, dict) and "bbox_2d" not in obj and _holds_object(list(obj.values())):
+            pos = start + 1
+            continue
+        yield start, end, obj, None
+        pos = end
+
+
 def _parse_qwen_json(text: str, norm: str, width: float, height: float) -> RegionParse:
     """Qwen2.5-VL JSON: objects with ``bbox_2d`` (absolute pixels) and optional ``label``, anywhere in the
     text (a ```json fence, a list, or loose objects; truncated output keeps its complete objects).
     Consecutive objects with the same label form one region."""
     out = RegionParse()
-    for m in _JSON_OBJECT.finditer(norm):
-        raw = text[m.start() : m.end()]
-        try:
-            obj = json.loads(m.group(0))
-        except json.JSONDecodeError as exc:
-            out.problems.append(f"qwen object {_snippet(raw)!r}: invalid JSON ({exc.msg})")
-            out.n_dropped += 1
-            continue
-        if not isinstance(obj, dict) or "bbox_2d" not in obj:
-            out.problems.append(f"qwen object {_snippet(raw)!r}: no 'bbox_2d' key")
+    for start, end, obj, problem in _json_objects(text, norm):
+        raw = text[start:end]
+        if problem is not None or not isinstance(obj, dict) or "bbox_2d" not in obj:
+            reason = problem or "no 'bbox_2d' key"
+            out.problems.append(f"qwen object {_snippet(raw)!r}: {reason}")
             out.n_dropped += 1
             continue
         coords = obj["bbox_2d"]
@@ -253,6 +298,8 @@ def _parse_normalised(text: str, norm: str, width: float, height: float) -> Regi
         pieces = [(raw[g.start() + 1 : g.end() + 1], _tokens(g.group(1))) for g in groups] or [
             (raw, _tokens(inner))
         ]
+        if pieces == [(raw, [])]:  # "phrase: []" is a region without boxes, as format_regions writes it
+            continue
         for piece_raw, toks in pieces:
             box, problem = _validate_box(piece_raw, toks, "normalised", width, height)
             if box is None:
