@@ -36,6 +36,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "in-context-learning experiments (permutations, recency, noise; `panderm icl score FILE...` scores)",
     ),
 }
+ENCODING_HELP = "text encoding of a CSV manifest (default utf-8; e.g. latin-1, cp1252)"
 
 
 def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
@@ -43,7 +44,7 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from panderm.config import register_configs
+    from panderm.config import register_configs, validate_config
     from panderm.paths import config_dir
     from panderm.runs import load_task
 
@@ -53,9 +54,11 @@ def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
     @hydra.main(config_path=str(config_dir(config_name)), config_name=config_name, version_base="1.3")
     def app(cfg) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        # imported once the config is valid: a misspelt key or --help need not load torch and Lightning
-        task = load_task(HYDRA_COMMANDS[config_name][0])
         try:
+            # Hydra has checked keys and types against the schema; this checks ranges (batch_size=0, lr<0)
+            validate_config(cfg, command=config_name)
+            # imported once the config is valid: a misspelt key, a bad value or --help need not load Lightning
+            task = load_task(HYDRA_COMMANDS[config_name][0])
             task(cfg, run_dir)
             print(f"outputs: {run_dir}")
         except PandermError as exc:
@@ -79,7 +82,12 @@ def _data_validate(args: argparse.Namespace) -> int:
 
     classes = args.classes.split(",") if args.classes else None
     manifest = read_manifest(
-        args.manifest, args.root, classes=classes, deep=args.deep, allow_outside_root=args.allow_outside_root
+        args.manifest,
+        args.root,
+        classes=classes,
+        deep=args.deep,
+        allow_outside_root=args.allow_outside_root,
+        encoding=args.encoding,
     )
     counts = ", ".join(f"{r.split} {r.images}" for r in split_table(manifest).itertuples())
     print(f"{args.manifest}: OK, {len(manifest)} images ({counts}); classes: {list(manifest.classes or [])}")
@@ -101,7 +109,7 @@ def _data_overview(args: argparse.Namespace) -> int:
     from panderm.data.overview import add_overview
     from panderm.report import Report
 
-    manifest = read_manifest(args.manifest, args.root)
+    manifest = read_manifest(args.manifest, args.root, encoding=args.encoding)
     out = Path(args.out)
     report = Report(f"Data overview: {args.manifest}")
     add_overview(report, manifest, Path(args.manifest).stem, out / "figures", n_samples=args.n_samples)
@@ -122,7 +130,7 @@ def _shard(args: argparse.Namespace) -> int:
     from panderm.data.shards import write_shards
 
     classes = args.classes.split(",") if args.classes else None
-    manifest = read_manifest(args.manifest, args.root, classes=classes)
+    manifest = read_manifest(args.manifest, args.root, classes=classes, encoding=args.encoding)
     shards = write_shards(manifest, args.out, max_count=args.max_count)
     print(f"{len(shards)} shard(s) under {args.out}")
     return 0
@@ -179,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", help="manifest CSV or Parquet")
     validate.add_argument("--root", help="folder the image paths are relative to (default: the manifest's)")
     validate.add_argument("--classes", help="comma-separated class names (default: inferred from the labels)")
-    validate.add_argument("--deep", action="store_true", help="decode every image (catches truncated files)")
+    validate.add_argument(
+        "--deep",
+        action="store_true",
+        help="decode every image and mask (truncated files, mask size and values)",
+    )
     validate.add_argument("--allow-outside-root", action="store_true", help="permit paths outside the root")
+    validate.add_argument("--encoding", help=ENCODING_HELP)
     validate.set_defaults(handler=_data_validate)
 
     synth = data_commands.add_parser("synth", help="generate a synthetic data set (images, masks, manifest)")
@@ -196,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     overview.add_argument("--root")
     overview.add_argument("--out", default="outputs/overview", help="report folder")
     overview.add_argument("--n-samples", type=int, default=16)
+    overview.add_argument("--encoding", help=ENCODING_HELP)
     overview.set_defaults(handler=_data_overview)
 
     export = commands.add_parser(
@@ -211,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--root", help="folder the image paths are relative to (default: the manifest's)")
     shard.add_argument("--classes", help="comma-separated class names (default: inferred from the labels)")
     shard.add_argument("--max-count", type=int, default=10000, help="samples per shard")
+    shard.add_argument("--encoding", help=ENCODING_HELP)
     shard.set_defaults(handler=_shard)
 
     readers = commands.add_parser("readers", help="reader-study analysis (MRMC, with vs without AI)")

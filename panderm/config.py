@@ -6,13 +6,16 @@ is an error before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from panderm.data.dataset import BadImagePolicy
+from panderm.errors import ConfigError
 
 
 class DataSource(StrEnum):
@@ -37,7 +40,8 @@ class DataConfig:
     `path` is the manifest file (manifest), the .npz (medmnist), the folder (isic, ph2, image_folder,
     dicom, nifti) or the folder `panderm shard` wrote (shards: `<path>/<split>/` with shards and index.json,
     streamed by `panderm pretrain` only); `out_dir` is where generated or exported images go (default:
-    `<run folder>/data/<name>`).
+    `<run folder>/data/<name>`). `encoding` is the text encoding of a CSV manifest (default UTF-8; e.g.
+    `data.encoding=latin-1`).
     """
 
     source: DataSource = DataSource.synthderm
@@ -54,6 +58,7 @@ class DataConfig:
     check_files: bool = True
     deep_check: bool = False
     allow_outside_root: bool = False
+    encoding: str | None = None
 
 
 @dataclass
@@ -379,11 +384,17 @@ class VQAConfig:
     `data` is a MedRegA-format JSONL (None: a region-VQA set generated from `synth`, the embedded default);
     `task` keeps the samples of one task (all: every task; a file's tasks are inferred from its prompts
     unless `force_task`); `cache` is the response cache (default: `<run folder>/responses.jsonl`; rerunning
-    into the same folder, or pointing at the same cache, resumes without repeating calls)."""
+    into the same folder, or pointing at the same cache, resumes without repeating calls).
+
+    Image paths in `data` must lie under `image_root` (default: the file's folder); `allow_outside_root=true`
+    permits other files (only files that decode as images are ever sent). `max_failed_fraction` (0-1) fails
+    the run when more than that share of its requests failed after the retries; null (the default) fails it
+    only when every request failed, and 1.0 never (a partly failed run always reports how many failed)."""
 
     seed: int = 0
     data: str | None = None
     image_root: str | None = None
+    allow_outside_root: bool = False
     task: str = "all"
     force_task: bool = False
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
@@ -395,6 +406,7 @@ class VQAConfig:
     cache: str | None = None
     retries: int = 3
     backoff: float = 0.5
+    max_failed_fraction: float | None = None
     shown: int = 12
     progress: bool = True
 
@@ -427,11 +439,14 @@ class ICLConfig:
     `problems` is a SMMILE-format file (None: problems generated from `synth`, the embedded default);
     `strategy` is original, zero_shot, smmile_pp, all_permutations, recency or noise; `mode` open or mcqa
     (options shuffled with `mcqa_seed`); `encoder` (a saved panderm encoder) is what kNN-ICL and the recency
-    strategy's image similarity use; `cache` as in `panderm vqa` (rerun into the same folder to resume)."""
+    strategy's image similarity use; `cache` as in `panderm vqa` (rerun into the same folder to resume).
+    `image_root` (default: the problems file's folder), `allow_outside_root` and `max_failed_fraction` as in
+    `panderm vqa`."""
 
     seed: int = 0
     problems: str | None = None
     image_root: str | None = None
+    allow_outside_root: bool = False
     limit: int | None = None
     synth: DataConfig = field(default_factory=DataConfig)
     n_problems: int = 24
@@ -451,8 +466,109 @@ class ICLConfig:
     cache: str | None = None
     retries: int = 3
     backoff: float = 0.5
+    max_failed_fraction: float | None = None
     n_boot: int = 2000
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed values of a numeric config field: `allows(value)` says whether one is, `text` says what is
+    allowed in a message (`must be ...`)."""
+
+    allows: Callable[[Any], bool]
+    text: str
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+POSITIVE_INT = Bound(lambda v: _integer(v) and v > 0, "must be a positive integer")
+NON_NEGATIVE_INT = Bound(lambda v: _integer(v) and v >= 0, "must be an integer >= 0")
+LIMIT = Bound(lambda v: _integer(v) and (v > 0 or v == -1), "must be a positive integer, or -1 for no limit")
+POSITIVE = Bound(lambda v: v > 0, "must be > 0")
+NON_NEGATIVE = Bound(lambda v: v >= 0, "must be >= 0")
+FRACTION = Bound(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+FRACTION_BELOW_ONE = Bound(lambda v: 0 <= v < 1, "must be in [0, 1)")
+FRACTION_ABOVE_ZERO = Bound(lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+# The range of every numeric field, by field name: a name means the same thing in every schema (a new option
+# named `batch_size` or `lr` is checked without more code). None is not checked: `int | None` fields use it
+# for "not set". Lists and tuples (e.g. `betas`) are checked element by element.
+VALUE_RANGES: dict[str, Bound] = {
+    **dict.fromkeys(
+        ["batch_size", "window_batch_size", "image_size", "patch_size", "depth", "n_patients", "num_nodes"],
+        POSITIVE_INT,
+    ),
+    **dict.fromkeys(["log_every_n_steps", "max_images", "k", "max_new_tokens", "limit"], POSITIVE_INT),
+    **dict.fromkeys(
+        ["n_problems", "permutations", "max_orders", "n_boot", "n_readers", "n_cases"], POSITIVE_INT
+    ),
+    **dict.fromkeys(
+        ["num_workers", "bootstrap", "warmup_steps", "every_n_steps", "checkpoint_every_n_steps", "retries"],
+        NON_NEGATIVE_INT,
+    ),
+    **dict.fromkeys(["shown", "n_samples"], NON_NEGATIVE_INT),
+    **dict.fromkeys(["max_epochs", "max_steps"], LIMIT),
+    **dict.fromkeys(["lr", "base_lr", "probe_lr", "scale", "clip_grad", "init_values"], POSITIVE),
+    **dict.fromkeys(["weight_decay", "temperature", "backoff"], NON_NEGATIVE),
+    **dict.fromkeys(["warmup_fraction", "mask_ratio", "drop_path_rate"], FRACTION),
+    **dict.fromkeys(["overlap", "betas"], FRACTION_BELOW_ONE),
+    **dict.fromkeys(["layer_decay", "top_p"], FRACTION_ABOVE_ZERO),
+}
+
+
+def config_problems(cfg: Any, prefix: str = "") -> list[str]:
+    """Every value of `cfg` (a structured `DictConfig` as Hydra composes it, or a config dataclass) outside
+    its range in `VALUE_RANGES`, nested configs included, as ``key=value: must be ...`` with the key as it is
+    typed on the command line (`prefix` goes before it, e.g. "data.")."""
+    schema = OmegaConf.get_type(cfg) if isinstance(cfg, DictConfig) else type(cfg)
+    if schema is None or not is_dataclass(schema):
+        return []
+    problems = []
+    for item in fields(schema):
+        if isinstance(cfg, DictConfig):
+            if item.name not in cfg or OmegaConf.is_missing(cfg, item.name):
+                continue
+            value = cfg[item.name]
+        else:
+            value = getattr(cfg, item.name)
+        key = f"{prefix}{item.name}"
+        if isinstance(value, DictConfig) or (is_dataclass(value) and not isinstance(value, type)):
+            problems += config_problems(value, f"{key}.")
+            continue
+        bound = VALUE_RANGES.get(item.name)
+        if bound is None or value is None:
+            continue
+        listed = isinstance(value, ListConfig | list | tuple)
+        values = list(value) if listed else [value]
+        if not all(_allowed(bound, v) for v in values):
+            shown = "[" + ",".join(str(v) for v in values) + "]" if listed else value
+            problems.append(f"{key}={shown}: {bound.text}")
+    return problems
+
+
+def _allowed(bound: Bound, value: Any) -> bool:
+    try:
+        return bool(bound.allows(value))
+    except TypeError:  # not a number at all (e.g. a string in an `Any` field)
+        return False
+
+
+def validate_config(cfg: Any, prefix: str = "", *, command: str | None = None) -> None:
+    """Check every numeric value of `cfg` against `VALUE_RANGES` (see `config_problems`) before anything runs.
+
+    Raises `ConfigError` listing every value out of range, each as ``key=value: must be ...``; `command`
+    (e.g. "probe") names the `panderm` command whose config it is.
+    """
+    problems = config_problems(cfg, prefix)
+    if problems:
+        where = f"the `panderm {command}` config" if command else "the config"
+        raise ConfigError(
+            f"{len(problems)} invalid value(s) in {where}; set each on the command line as key=value:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def register_configs() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from panderm.cli import main
-from tests.data.helpers import small_folder
+from tests.data.helpers import small_folder, write_image, write_mask
 
 PANDERM = [sys.executable, "-m", "panderm.cli"]
 
@@ -75,3 +75,56 @@ def test_shard_command_writes_an_index_per_split(tmp_path, capsys):
 def test_export_names_a_missing_run(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "expected"),
+    [
+        (
+            "pretrain",
+            ["batch_size=0", "optim.lr=-1"],
+            ["batch_size=0: must be a positive integer", "optim.lr=-1"],
+        ),
+        (
+            "probe",
+            ["batch_size=-4", "num_workers=-1"],
+            ["batch_size=-4: must be a positive integer", "num_workers=-1"],
+        ),
+        (
+            "segment",
+            ["batch_size=0", "predict.overlap=1.5"],
+            ["batch_size=0", "predict.overlap=1.5: must be in"],
+        ),
+    ],
+)
+def test_hydra_command_rejects_out_of_range_values(tmp_path, capsys, command, overrides, expected):
+    # in-process: the check runs before the command's task is imported, so this is fast
+    assert main([command, *overrides, f"hydra.run.dir={tmp_path}/run"]) == 1
+    err = capsys.readouterr().err
+    assert "2 invalid value(s)" in err and f"panderm {command}" in err
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_validate_names_the_encoding_option(tmp_path, capsys):
+    table = small_folder(tmp_path)
+    table.assign(site="épaule").to_csv(tmp_path / "latin1.csv", index=False, encoding="latin-1")
+    assert main(["data", "validate", str(tmp_path / "latin1.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "latin1.csv" in err and "not UTF-8" in err and "--encoding latin-1" in err
+    assert main(["data", "validate", str(tmp_path / "latin1.csv"), "--encoding", "latin-1"]) == 0
+
+
+def test_validate_deep_checks_masks(tmp_path, capsys):
+    table = small_folder(tmp_path)
+    write_image(tmp_path / "masks" / "img1_mask.png", mode="L", seed=1)  # grey levels: not binary
+    write_mask(tmp_path / "masks" / "img4_mask.png", size=(16, 16))  # its image is 32x24
+    table.to_csv(tmp_path / "m.csv", index=False)
+    assert main(["data", "validate", str(tmp_path / "m.csv")]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(tmp_path / "m.csv"), "--deep"]) == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err
+    assert "row 2: field 'mask'" in err and "mask is not binary" in err
+    assert "row 5: field 'mask'" in err and "differs from image size" in err

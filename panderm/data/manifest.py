@@ -9,6 +9,7 @@ or `binary_label`) loads unchanged. Any other column is kept as metadata. Row nu
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
@@ -18,12 +19,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from panderm.data.images import probe_image
-from panderm.errors import DataError, ManifestError
+from panderm.data.images import image_kind, image_size, load_image, load_mask, probe_image
+from panderm.errors import DataError, ImageLoadError, ManifestError
 from panderm.io import atomic_write
 from panderm.paths import resolve_under
 
@@ -33,22 +35,29 @@ REQUIRED_COLUMNS = ("image", "split")
 KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice")
 
 PROBE_THREADS = 8
+# difflib similarity above which an unknown column is taken for a misspelt known one: `lable`, `Label`,
+# `labels`, `masks`, `box`, `patientid` are; `patient_age`, `image_id`, `label_name` are not
+MISSPELT_CUTOFF = 0.8
 Box = tuple[float, float, float, float]
 
 
 def parse_boxes(text: object) -> list[Box]:
-    """Parse a `bbox` cell: ``x1,y1,x2,y2`` (several joined by ``;``) or JSON ``[[x1,y1,x2,y2], ...]``.
+    """Parse a `bbox` cell: text ``x1,y1,x2,y2`` (several joined by ``;``) or JSON ``[[x1,y1,x2,y2], ...]``,
+    or a list of 4 numbers or of such lists (a Parquet list column; numpy arrays included).
 
     Empty cells give ``[]``. Raises `ValueError` (with the reason) on malformed text or x2<=x1 / y2<=y1.
     """
-    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() == "":
+    if isinstance(text, list | tuple | np.ndarray):
+        values = list(text)
+    elif text is None or pd.isna(text) or str(text).strip() == "":  # type: ignore[arg-type]
         return []
-    s = str(text).strip()
-    if s.startswith("["):
+    elif (s := str(text).strip()).startswith("["):
         values = json.loads(s)
-        groups = values if values and isinstance(values[0], list) else [values]
     else:
-        groups = [re.split(r"[,\s]+", part.strip()) for part in s.split(";") if part.strip()]
+        values = [re.split(r"[,\s]+", part.strip()) for part in s.split(";") if part.strip()]
+    if not values:
+        return []
+    groups = values if isinstance(values[0], list | tuple | np.ndarray) else [values]
     boxes = []
     for group in groups:
         if len(group) != 4:
@@ -160,15 +169,36 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a CSV or Parquet table; raises `DataError` naming the file when it is missing or unparsable."""
+def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> pd.DataFrame:
+    """Read a CSV (text in `encoding`, default UTF-8) or Parquet table.
+
+    Raises `DataError` naming the file when it is missing, unparsable or not text in that encoding.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest file not found")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(
+                f"{path}: unknown encoding {encoding!r}; name one Python knows, e.g. utf-8, latin-1, cp1252"
+            ) from None
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"image": str, "mask": str, "patient_id": str, "bbox": str})
+        return pd.read_csv(
+            path,
+            dtype={"image": str, "mask": str, "patient_id": str, "bbox": str},
+            encoding=encoding or "utf-8",
+        )
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{path}: not {encoding or 'UTF-8'} text (byte 0x{byte} cannot be decoded as {exc.encoding}); "
+            "give the file's encoding: data.encoding=latin-1 (or cp1252, ...) on the command line, "
+            "--encoding latin-1 for `panderm data validate`, or re-save the file as UTF-8"
+        ) from exc
     except Exception as exc:  # pandas raises many types; the user needs the file name and the cause
         raise DataError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from exc
 
@@ -181,13 +211,16 @@ def read_manifest(
     check_files: bool = True,
     deep: bool = False,
     allow_outside_root: bool = False,
+    encoding: str | None = None,
 ) -> Manifest:
-    """Load and validate a manifest file; `root` defaults to the manifest's folder.
+    """Load and validate a manifest file; `root` defaults to the manifest's folder, `encoding` is a CSV's
+    text encoding (default UTF-8).
 
-    Raises `ManifestError` listing every problem (see `validate`), or `DataError` if the file is unreadable.
+    Raises `ManifestError` listing every problem (see `build_manifest`), or `DataError` if the file is
+    unreadable.
     """
     path = Path(path)
-    table = read_table(path)
+    table = read_table(path, encoding=encoding)
     return build_manifest(
         table,
         root if root is not None else path.parent,
@@ -220,6 +253,7 @@ def build_manifest(
     table = _normalise_columns(table, problems)
     if problems:  # without the required columns nothing else can be checked
         raise ManifestError(source, problems)
+    problems += _misspelt_columns(table)
     table = table.reset_index(drop=True)
     table.insert(0, "row", np.arange(1, len(table) + 1))
     table["image"] = table["image"].astype(str).str.strip()
@@ -227,11 +261,25 @@ def build_manifest(
     label_codes, class_tuple = _normalise_labels(table, classes, problems)
     if label_codes is not None:
         table["label"] = label_codes
+    if "bbox" in table:
+        table["bbox"] = table["bbox"].map(_box_text)
     manifest = Manifest(table, Path(os.path.abspath(root)), class_tuple, source, allow_outside_root)
     problems += _check_rows(manifest, check_files=check_files, deep=deep)
     if problems:
         raise ManifestError(source, sorted(problems, key=_row_of))
     return manifest
+
+
+def _box_text(cell: object) -> object:
+    """A `bbox` cell given as a list (a Parquet list column) as lossless JSON text, so that the table stays
+    writable as CSV and every reader sees one form; text cells, and lists that do not parse, stay as they are
+    (the row check reports the latter)."""
+    if not isinstance(cell, list | tuple | np.ndarray):
+        return cell
+    try:
+        return json.dumps([list(box) for box in parse_boxes(cell)])
+    except (ValueError, TypeError):
+        return cell
 
 
 def _row_of(problem: str) -> int:
@@ -253,6 +301,21 @@ def _normalise_columns(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame
     return table
 
 
+def _misspelt_columns(table: pd.DataFrame) -> list[str]:
+    """Columns that look like a misspelt optional column (`lable` for `label`): kept as metadata, they would
+    silently leave the manifest unlabeled, without masks or without the leakage check."""
+    absent = [c for c in KNOWN_COLUMNS if c not in table and c not in REQUIRED_COLUMNS]
+    problems = []
+    for column in map(str, table.columns):
+        close = difflib.get_close_matches(column, absent, n=1, cutoff=MISSPELT_CUTOFF)
+        if column not in KNOWN_COLUMNS and close:
+            problems.append(
+                f"column {column!r} is not a manifest column; did you mean {close[0]!r}? Rename it to "
+                f"{close[0]!r} (manifest columns: {', '.join(KNOWN_COLUMNS)}; any other column is metadata)"
+            )
+    return problems
+
+
 def _normalise_splits(table: pd.DataFrame, problems: list[str]) -> pd.Series:
     splits = table["split"].astype(str).str.strip().str.lower().replace(SPLIT_ALIASES)
     for row, raw, value in zip(table["row"], table["split"], splits, strict=True):
@@ -264,11 +327,23 @@ def _normalise_splits(table: pd.DataFrame, problems: list[str]) -> pd.Series:
 def _normalise_labels(
     table: pd.DataFrame, classes: Sequence[str] | int | None, problems: list[str]
 ) -> tuple[pd.Series | None, tuple[str, ...] | None]:
-    """Map labels to integer codes: class names look up `classes`; integers must lie in 0..n_classes-1."""
+    """Map labels to integer codes: class names look up `classes`; integers must lie in 0..n_classes-1.
+
+    An empty label leaves its row unlabeled, except in a float column (integer codes with NaN holes, as pandas
+    reads a numeric column with gaps) whose other rows are labeled: there NaN is taken for a lost label, which
+    a probe would otherwise meet later without a row number.
+    """
     if "label" not in table:
         return None, _class_tuple(classes)
     text = table["label"].astype("string").str.strip()
     present = text.notna() & (text != "")
+    if pd.api.types.is_float_dtype(table["label"]) and bool(present.any()):
+        for row in table.loc[~present, "row"]:
+            problems.append(
+                f"row {row}: field 'label': NaN in a numeric label column whose other rows have labels; give "
+                "it its class code or drop the row (to leave rows unlabeled on purpose, write the labels as "
+                "class names, or store them as nullable integers in Parquet)"
+            )
     values = text[present]
     numeric = pd.to_numeric(values, errors="coerce")
     class_tuple = _class_tuple(classes)
@@ -308,7 +383,7 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
     table = manifest.table
     seen: dict[tuple[str, str], int] = {}
     slices = table["slice"].astype(str) if "slice" in table else pd.Series("", index=table.index)
-    to_probe: list[tuple[int, str, Path]] = []
+    to_probe: list[tuple[int, int, dict[str, Path]]] = []  # (row, position, {field: path})
     for i in range(len(table)):
         row = int(table["row"].iat[i])
         image = table["image"].iat[i]
@@ -317,6 +392,7 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
             problems.append(f"row {row}: field 'image': duplicate of row {seen[key]} ({image!r})")
         else:
             seen[key] = row
+        paths: dict[str, Path] = {}
         for field in ("image", "mask"):
             value = table[field].iat[i] if field in table else None
             if value is None or pd.isna(value) or str(value).strip() in ("", "nan"):
@@ -324,23 +400,59 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
                     problems.append(f"row {row}: field 'image': empty path")
                 continue
             try:
-                to_probe.append((row, field, manifest.path(str(value))))
+                paths[field] = manifest.path(str(value))
             except DataError as exc:
                 problems.append(f"row {row}: field {field!r}: {exc}")
+        if paths:
+            to_probe.append((row, i, paths))
         if "bbox" in table:
             try:
                 parse_boxes(table["bbox"].iat[i])
             except (ValueError, TypeError) as exc:
                 problems.append(f"row {row}: field 'bbox': {table['bbox'].iat[i]!r}: {exc}")
     if check_files:
+        records = table.to_dict("records") if deep else None
+
+        def issues_of(item: tuple[int, int, dict[str, Path]]) -> list[tuple[str, Path, str]]:
+            return _file_issues(item[2], records[item[1]] if records else {}, deep=deep)
+
         # File checks are I/O bound (and slow on network storage), so they run in a thread pool.
         with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
-            issues = pool.map(lambda item: probe_image(item[2], deep=deep), to_probe)
-            for (row, field, path), issue in zip(to_probe, issues, strict=True):
-                if issue:
-                    problems.append(f"row {row}: field {field!r}: {path}: {issue}")
+            for (row, _, _), issues in zip(to_probe, pool.map(issues_of, to_probe), strict=True):
+                problems += [
+                    f"row {row}: field {field!r}: {path}: {reason}" for field, path, reason in issues
+                ]
     problems += _leakage(table)
     return problems
+
+
+def _file_issues(
+    paths: dict[str, Path], record: dict[str, Any], *, deep: bool
+) -> list[tuple[str, Path, str]]:
+    """(field, path, reason) for each file of a row (`paths`: image and mask) that cannot be used. With `deep`
+    every file is decoded, and the mask is loaded as `ManifestDataset` loads it for `panderm segment`
+    (`load_mask` against the image's size: binary and the same size), with the row's loader options
+    (`record`: slice, axis, window of a volume)."""
+    issues = [
+        (field, path, reason) for field, path in paths.items() if (reason := probe_image(path, deep=deep))
+    ]
+    if not deep or issues or "mask" not in paths:
+        return issues
+    # deferred: panderm.data.dataset imports this module
+    from panderm.data.dataset import load_options
+
+    image = paths["image"]
+    try:
+        if image_kind(image) == "pil":
+            width, height = image_size(image)  # header only: the deep probe above decoded it already
+            shape: tuple[int, ...] = (height, width)
+        else:
+            shape = load_image(image, mode="L", **load_options(record)).shape[:2]
+        load_mask(paths["mask"], shape=(shape[0], shape[1]))
+    except ImageLoadError as exc:
+        field = "mask" if exc.path == str(paths["mask"]) else "image"
+        issues.append((field, paths[field], exc.reason))
+    return issues
 
 
 def _leakage(table: pd.DataFrame) -> list[str]:

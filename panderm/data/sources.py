@@ -49,6 +49,7 @@ def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> 
             check_files=cfg.check_files,
             deep=cfg.deep_check,
             allow_outside_root=cfg.allow_outside_root,
+            encoding=cfg.encoding,
         )
     from panderm.data import readers
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from panderm.config import DataConfig, DataSource
 from panderm.data.manifest import build_manifest, format_boxes, parse_boxes, read_manifest
+from panderm.data.sources import load_data
 from panderm.errors import DataError, ManifestError
-from tests.data.helpers import small_folder, write_image, write_truncated_jpeg
+from tests.data.helpers import small_folder, write_image, write_mask, write_truncated_jpeg
 
 CLASSES = ["nevus", "melanoma"]
 
@@ -160,3 +163,72 @@ def test_box_text_roundtrip():
     assert format_boxes(parse_boxes("1,2,3,4;5,6,7.5,8")) == "1,2,3,4;5,6,7.50,8"
     with pytest.raises(ValueError, match="4 numbers"):
         parse_boxes("1,2,3")
+
+
+def test_latin1_manifest_is_named_with_how_to_pass_its_encoding(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("image,split,site\n0.png,train,épaule\n1.png,test,tête\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        read_manifest(path)
+    text = str(info.value)
+    assert str(path) in text and "not UTF-8" in text and "data.encoding=latin-1" in text
+    assert read_manifest(path, encoding="latin-1").table["site"].tolist() == ["épaule", "tête"]
+    cfg = DataConfig(source=DataSource.manifest, path=str(path), encoding="latin-1")
+    assert load_data(cfg, tmp_path).table["site"].tolist() == ["épaule", "tête"]
+    with pytest.raises(DataError, match="unknown encoding 'latin-9x'"):
+        read_manifest(path, encoding="latin-9x")
+
+
+def test_misspelt_column_is_named_with_the_intended_one(tmp_path):
+    write_image(tmp_path / "0.png")
+    table = pd.DataFrame({"image": ["0.png"], "split": ["train"], "lable": ["nevus"], "site": ["arm"]})
+    with pytest.raises(ManifestError) as info:
+        build_manifest(table, tmp_path)
+    assert len(info.value.problems) == 1  # `site` is metadata: nothing known resembles it
+    assert "column 'lable'" in info.value.problems[0] and "did you mean 'label'" in info.value.problems[0]
+
+
+def test_parquet_boxes_as_lists_of_floats(tmp_path):
+    table = small_folder(tmp_path, n=3)
+    table["bbox"] = pd.Series([[4.0, 5.0, 20.0, 15.0], [5.5, 6.0, 7.0, 8.25], None])  # list<double>
+    table.to_parquet(tmp_path / "flat.parquet", index=False)
+    manifest = read_manifest(tmp_path / "flat.parquet")
+    assert [manifest.boxes(i) for i in range(3)] == [[(4, 5, 20, 15)], [(5.5, 6, 7, 8.25)], []]
+    manifest.save(tmp_path / "again.csv")  # the list form survives a CSV round trip, losslessly
+    assert read_manifest(tmp_path / "again.csv").boxes(1) == [(5.5, 6, 7, 8.25)]
+    table["bbox"] = pd.Series([[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], [], None])  # list<list<double>>
+    table.to_parquet(tmp_path / "nested.parquet", index=False)
+    assert read_manifest(tmp_path / "nested.parquet").boxes(0) == [(1, 2, 3, 4), (5, 6, 7, 8)]
+    assert parse_boxes(np.array([1.0, 2.0, 3.0, 4.0])) == [(1, 2, 3, 4)]
+    bad = table.assign(bbox=pd.Series([[1.0, 2.0, 3.0], None, None]))
+    with pytest.raises(ManifestError, match=r"row 1: field 'bbox': .*4 numbers"):
+        build_manifest(bad, tmp_path)
+
+
+def test_nan_in_a_float_label_column_names_its_row(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    table = pd.DataFrame(
+        {"image": ["0.png", "1.png", "2.png"], "split": "train", "label": [0.0, 1.0, np.nan]}
+    )
+    with pytest.raises(ManifestError) as info:
+        build_manifest(table, tmp_path)
+    assert rows_named(info.value) == {3}
+    assert "row 3: field 'label'" in str(info.value) and "NaN" in str(info.value)
+    unlabeled = table.assign(label=np.nan)  # no labels at all (a pretraining manifest) stays valid
+    assert not build_manifest(unlabeled, tmp_path).has_labels
+
+
+def test_deep_check_loads_masks_as_segmentation_does(tmp_path):
+    table = small_folder(tmp_path, n=3)
+    write_image(tmp_path / "masks" / "img1_mask.png", mode="L", seed=1)  # grey levels: not binary
+    write_mask(tmp_path / "masks" / "img2_mask.png", size=(16, 16))  # image is 32x24
+    assert len(build_manifest(table, tmp_path)) == 3  # the header check cannot see either
+    with pytest.raises(ManifestError) as info:
+        build_manifest(table, tmp_path, deep=True)
+    assert rows_named(info.value) == {2, 3}
+    text = str(info.value)
+    assert "row 2: field 'mask'" in text and "mask is not binary" in text
+    assert "row 3: field 'mask'" in text and "differs from image size (32, 24)" in text
