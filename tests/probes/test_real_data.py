@@ -45,9 +45,11 @@ def stratified_rows(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
 
 
 @functools.cache
-def subset(name: str) -> dict[str, np.ndarray]:
-    """The seeded stratified subset of set `name` as MedMNIST arrays (`{split}_images`, `{split}_labels`)."""
-    path, _, sizes, _ = SETS[name]
+def subset(name: str, sizes: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+    """The seeded stratified subset of set `name` as MedMNIST arrays (`{split}_images`, `{split}_labels`),
+    of `SETS`' sizes per split unless `sizes` gives others."""
+    path, _, default_sizes, _ = SETS[name]
+    sizes = sizes or default_sizes
     rng = np.random.default_rng(0)
     arrays = {}
     with np.load(shared_path(path)) as data:
@@ -115,11 +117,12 @@ def test_random_tiny_encoder_beats_chance(tmp_path, name):
 def test_raw_pixel_features_match_sklearn_logistic_regression(tmp_path, name):
     """The pixel baseline through `features=`: the probe refits the chosen C on train + val (standardised
     with their statistics), which scikit-learn reproduces at the same C to
-    within half a point of test accuracy. Seed 0:
-    balanced accuracy 0.320 (DermaMNIST, C=0.1), 0.820 (PneumoniaMNIST, C=0.1), 0.682 (BreastMNIST, C=0.01).
+    within half a point of test accuracy. Seed 0, on two thirds of `SETS`' subsets:
+    balanced accuracy 0.352 (DermaMNIST, C=0.1), 0.752 (PneumoniaMNIST, C=0.001), 0.719 (BreastMNIST, C=0.01).
     """
-    _, n_classes, _, margin = SETS[name]
-    np.savez(tmp_path / f"{name}.npz", **subset(name))
+    _, n_classes, sizes, margin = SETS[name]
+    # sklearn's L-BFGS on 2352-d pixels dominates the time: two thirds of the images suffice here
+    np.savez(tmp_path / f"{name}.npz", **subset(name, tuple(2 * n // 3 for n in sizes)))
     path = write_pixel_features(tmp_path / f"{name}.npz", tmp_path / f"{name}_pixels.npz")
     with np.load(path) as stored:
         features = {key: stored[key] for key in stored.files}
