@@ -18,6 +18,12 @@ Float16 storage: features are stored as float16 (relative rounding error <= 2**-
 magnitude exceeds float16's largest finite value (65504); such a file is stored in float32 instead (logged)
 rather than failing or saturating. Non-finite features from the encoder raise `ProbeError`.
 
+Unreadable images: with ``on_bad_image="skip"`` (the probe's ``data.on_bad_image=skip``) an image that fails
+to decode is left out and listed in `bad_image_log` (``skipped_images.csv``) by `ManifestDataset`, the
+mechanism pretraining uses; the `FeatureSet` then holds the readable rows and names the others in
+`skipped`. The cache records the skipped images too: a cache hit lists them again, and under
+"error" a cache holding skipped images is recomputed, so the error names the file as without a cache.
+
 Image size: panderm `Encoder`s have a fixed input size (timm's patch embedding checks it), so a transform
 whose output is not the encoder's `image_size` square raises `ProbeError` naming both sizes before any
 batch runs; encoders that declare `dynamic_image_size` (e.g. timm CNNs) accept any size.
@@ -44,10 +50,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from panderm.data.dataset import RADIOLOGY_OPTIONS, ManifestDataset, collate
+from panderm.data.dataset import (
+    RADIOLOGY_OPTIONS,
+    BadImageLog,
+    BadImagePolicy,
+    ManifestDataset,
+    apply_transform,
+    bad_image_policy,
+    collate,
+)
 from panderm.data.manifest import Manifest
 from panderm.data.transforms import eval_transform
-from panderm.errors import ProbeError
+from panderm.errors import ImageLoadError, ProbeError
 from panderm.io import atomic_path
 from panderm.models.checkpoints import canonical_json
 from panderm.models.encoder import POOLINGS
@@ -65,8 +79,10 @@ _FLUSH_EVERY = 16  # batches kept on the device before one copy to the host (few
 class FeatureSet:
     """Features of one split: `features` (N, D) float32, `labels` (N,) int64 (-1 = unlabeled), `ids` (N,)
     str (manifest image paths), `meta` (the manifest's other columns per row, e.g. patient_id, modality,
-    fitzpatrick, for subgroup analyses; None for user feature files), `classes`, and `recipe` (how they were
-    made: encoder hash, pooling, cache key...)."""
+    fitzpatrick, for subgroup analyses; None for user feature files), `classes`, `recipe` (how they were
+    made: encoder hash, pooling, cache key...) and `skipped`: the ids (manifest image paths) of the split's
+    rows left out as unreadable under ``on_bad_image="skip"`` (files and reasons are in the run's
+    ``skipped_images.csv``)."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -75,6 +91,7 @@ class FeatureSet:
     meta: pd.DataFrame | None = None
     classes: tuple[str, ...] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.features)
@@ -247,23 +264,40 @@ def extract_features(
     transform: Callable[..., dict[str, Any]] | None = None,
     amp: bool = True,
     progress: bool = True,
+    on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
+    bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
 ) -> FeatureSet:
     """Features of every image of one manifest split, in manifest order, as a `FeatureSet`.
 
     `transform` defaults to `probe_transform(encoder)` (its image size and normalisation); a user transform
-    must produce CHW float tensors of the encoder's size. Images are read by `ManifestDataset` (a corrupt
-    image raises `ImageLoadError` naming it) through a DataLoader (`num_workers`, pinned memory on CUDA);
-    the model part is `encode_batches` (see there for device, amp and progress). Raises `ProbeError` for an
-    empty split, a bad pooling, or a transform whose output size does not fit the encoder.
+    must produce CHW float tensors of the encoder's size. Images are read by `ManifestDataset` through a
+    DataLoader (`num_workers`, pinned memory on CUDA): a corrupt image raises `ImageLoadError` naming it,
+    or with `on_bad_image="skip"` is left out (the result holds the readable rows) and recorded in
+    `bad_image_log` and the result's `skipped`. The model part is `encode_batches` (see there for device,
+    amp and progress). Raises `ProbeError` for an empty split, a split whose every image was skipped, a bad
+    pooling, or a transform whose output size does not fit the encoder.
     """
     if pooling not in POOLINGS:
         raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
     device = resolve_device(device)
     rows = _split_rows(manifest, split)
     transform = transform if transform is not None else probe_transform(encoder)
-    dataset = ManifestDataset(rows, transform, with_masks=False)
+    dataset = ManifestDataset(
+        rows, transform, with_masks=False, on_bad_image=on_bad_image, bad_image_log=bad_image_log
+    )
     # One sample up front, so a wrong transform fails before workers start, naming both sizes.
-    check_image_batch(dataset[0]["image"], encoder)
+    first = _first_readable(dataset)
+    if first is not None:
+        check_image_batch(first, encoder)
+    kept: list[np.ndarray] = []
+
+    def images() -> Iterable[torch.Tensor]:
+        for batch in loader:
+            if "image" not in batch:  # every image of the batch was skipped
+                continue
+            kept.append(batch["index"].numpy())
+            yield batch["image"]
+
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -274,7 +308,7 @@ def extract_features(
     )
     features = encode_batches(
         encoder,
-        (batch["image"] for batch in loader),
+        images(),
         pooling=pooling,
         device=device,
         amp=amp,
@@ -282,6 +316,16 @@ def extract_features(
         desc=f"features {split}",
         progress=progress,
     )
+    skipped: list[str] = []
+    if len(features) < len(rows):  # rows were skipped (recorded in the log by the workers that read them)
+        positions = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        skipped = rows.table["image"].astype(str).drop(index=positions).tolist()
+        if not kept:
+            where = f", listed in {dataset.bad_image_log.path}" if dataset.bad_image_log is not None else ""
+            raise ProbeError(
+                f"{manifest.source}: split {split!r}: every image is unreadable ({len(rows)}{where})"
+            )
+        rows = rows.subset(rows=positions)
     return FeatureSet(
         features=features,
         labels=_labels(rows),
@@ -290,7 +334,22 @@ def extract_features(
         meta=_meta(rows),
         classes=manifest.classes,
         recipe={"encoder": encoder_hash(encoder), "pooling": pooling, "precision": precision(device, amp)},
+        skipped=skipped,
     )
+
+
+def _first_readable(dataset: ManifestDataset) -> Any:
+    """The transformed image of the first row that loads (None if none does); a row that does not load
+    raises under the "error" policy and is passed over (not recorded) under "skip"."""
+    for i in range(len(dataset)):
+        try:
+            sample = dataset.load(i)
+        except ImageLoadError:
+            if dataset.on_bad_image is BadImagePolicy.error:
+                raise
+            continue
+        return apply_transform(dataset.transform, sample, False)["image"]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -360,6 +419,7 @@ def write_feature_cache(path: str | os.PathLike[str], features: FeatureSet, key:
         "features": stored,
         "labels": features.labels.astype(np.int64),
         "ids": np.asarray(features.ids, dtype=str),
+        "skipped": np.asarray(features.skipped, dtype=str),
         "key": np.asarray(key),
         "recipe": np.asarray(canonical_json(features.recipe)),
         "version": np.asarray(CACHE_VERSION),
@@ -380,13 +440,35 @@ def _read_cache(path: Path, key: str, rows: Manifest, split: str, classes: Any) 
             labels = data["labels"].astype(np.int64)
             ids = data["ids"].astype(str)
             recipe = json.loads(str(data["recipe"]))
-        expected = rows.table["image"].astype(str).to_numpy()
+            skipped = data["skipped"].astype(str) if "skipped" in data.files else np.zeros(0, str)
+        keep = ~rows.table["image"].astype(str).isin(skipped).to_numpy()
+        expected = rows.table["image"].astype(str).to_numpy()[keep]
         if features.ndim != 2 or len(features) != len(expected) or not np.array_equal(ids, expected):
             raise ValueError("its rows differ from the manifest's")
-        return FeatureSet(features, labels, ids, split, _meta(rows), classes, recipe)
+        if (~keep).sum() != len(skipped):
+            raise ValueError("its skipped images differ from the manifest's rows")
+        meta = _meta(rows.subset(rows=keep))
+        return FeatureSet(features, labels, ids, split, meta, classes, recipe, skipped.tolist())
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, ProbeError) as error:
         log.warning("feature cache %s is unreadable (%s); recomputing", path, error)
         return None
+
+
+def _skipped_again(
+    cached: FeatureSet,
+    rows: Manifest,
+    on_bad_image: BadImagePolicy | str,
+    bad_image_log: BadImageLog | str | os.PathLike[str] | None,
+) -> bool:
+    """Whether a cached split stands: it skipped no image, or the policy is "skip" and every image it skipped
+    still fails to load, each one logged and listed in `bad_image_log` as a fresh extraction would."""
+    if not cached.skipped:
+        return True
+    if bad_image_policy(on_bad_image) is BadImagePolicy.error:
+        return False
+    again = rows.subset(rows=rows.table["image"].astype(str).isin(cached.skipped).to_numpy())
+    dataset = ManifestDataset(again, with_masks=False, on_bad_image="skip", bad_image_log=bad_image_log)
+    return all([dataset[i] is None for i in range(len(dataset))])  # a list: every image is listed
 
 
 def cached_features(
@@ -403,14 +485,18 @@ def cached_features(
     amp: bool = True,
     hash_content: bool = False,
     progress: bool = True,
+    on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
+    bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
 ) -> dict[str, FeatureSet]:
     """`extract_features` for each split through the on-disk cache in `cache_dir`; {split: FeatureSet}.
 
     Each split is one file ``<split>-<key[:32]>.npz`` (key: see the module docstring). A present, readable
     file whose key and rows match is returned without running the encoder (logged as "cache hit"); a
     corrupt or mismatching file is recomputed with a warning and overwritten. Cached features come back as
-    float32 from float16 storage. Other arguments as in `extract_features`; `hash_content` hashes image
-    bytes instead of size + mtime. Raises as `extract_features`.
+    float32 from float16 storage. A cached split with skipped images is used under ``on_bad_image="skip"``
+    once those images are found still unreadable (and listed again in `bad_image_log`), and recomputed
+    otherwise. Other arguments as in `extract_features`; `hash_content` hashes image bytes instead of size +
+    mtime. Raises as `extract_features`.
     """
     if pooling not in POOLINGS:
         raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
@@ -433,7 +519,7 @@ def cached_features(
         path = Path(cache_dir) / f"{split}-{key[:32]}.npz"
         if path.exists():
             cached = _read_cache(path, key, rows, split, manifest.classes)
-            if cached is not None:
+            if cached is not None and _skipped_again(cached, rows, on_bad_image, bad_image_log):
                 log.info("cache hit: %s features from %s", split, path)
                 out[split] = cached
                 continue
@@ -449,6 +535,8 @@ def cached_features(
             transform=transform,
             amp=amp,
             progress=progress,
+            on_bad_image=on_bad_image,
+            bad_image_log=bad_image_log,
         )
         features.recipe = {**features.recipe, "cache_key": key}
         stored = write_feature_cache(path, features, key)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from panderm.data.sources import load_data
+from panderm.data.sources import SKIPPED_IMAGES, load_data
 from panderm.errors import ConfigError, ProbeError
 from panderm.models.classifier import save_classifier
 from panderm.report import Report
@@ -118,6 +118,8 @@ def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> d
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         device=device,
+        on_bad_image=cfg.data.on_bad_image,
+        bad_image_log=run_dir / SKIPPED_IMAGES,
     )
 
 
@@ -210,6 +212,11 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
     sizes = ", ".join(f"{split} {len(fs)}" for split, fs in sets.items())
     report.text(f"{sets['train'].dim}-d features ({cfg.pooling} pooling); {sizes} images; classes {classes}.")
     metrics: dict[str, Any] = {"probe": name, "source": str(source), "dataset": dataset, "classes": classes}
+    skipped = sum(len(fs.skipped) for fs in sets.values())
+    if skipped:
+        metrics["skipped_images"] = skipped
+        listed = f"listed in `{SKIPPED_IMAGES}`"
+        report.text(f"{skipped} unreadable image(s) skipped (data.on_bad_image=skip), {listed}.")
     if name in CLASSIFIERS:
         proba, recipe, fitted = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
         metrics["recipe"] = recipe

@@ -7,15 +7,16 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import probes.features as features_module
-from panderm.data.dataset import ManifestDataset
-from panderm.data.manifest import read_manifest
+from panderm.data.dataset import BadImageLog, ManifestDataset
+from panderm.data.manifest import Manifest, build_manifest, read_manifest
 from panderm.data.synthetic.synthderm import generate_synthderm
 from panderm.data.transforms import eval_transform
-from panderm.errors import ProbeError
+from panderm.errors import ImageLoadError, ProbeError
 from panderm.models.checkpoints import save_encoder
 from panderm.models.encoder import Encoder, create_encoder
 from probes.encoders import TimmEncoder, encoder_hash, forget_identity, load_probe_encoder
@@ -29,6 +30,8 @@ from probes.features import (
     write_feature_cache,
     write_pixel_features,
 )
+from probes.run import run_probe
+from tests.data.helpers import small_folder, write_truncated_jpeg
 from tests.models.test_panderm_import import panderm_state
 
 SIZE = 32
@@ -358,3 +361,73 @@ def test_timm_encoder(tmp_path, manifest) -> None:
     assert fs.features.shape[1] == cnn.embed_dim
     with pytest.raises(ProbeError, match="pooling='mean'"):
         run(cnn, manifest, "test", transform=eval_transform(40))
+
+
+# ------------------------------------------------------------------------------------ unreadable images
+
+
+def with_broken_image(tmp_path: Path) -> tuple[Manifest, Path]:
+    """A small manifest whose second train row is a truncated JPEG (header intact, data cut)."""
+    table = small_folder(tmp_path / "data").drop(columns=["mask", "bbox"])
+    broken = write_truncated_jpeg(tmp_path / "data" / "images" / "broken.jpg")
+    row = {"image": "images/broken.jpg", "split": "train", "label": "nevus", "patient_id": "P0"}
+    table = pd.concat([table.iloc[:1], pd.DataFrame([row]), table.iloc[1:]], ignore_index=True)
+    return build_manifest(table, tmp_path / "data", classes=["nevus", "melanoma"]), broken
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_unreadable_image_is_named_or_skipped_and_listed(encoder, tmp_path, batch_size) -> None:
+    manifest, broken = with_broken_image(tmp_path)
+    with pytest.raises(ImageLoadError, match=r"broken\.jpg: unreadable image"):
+        run(encoder, manifest, batch_size=batch_size)
+    log_path = tmp_path / "run" / "skipped_images.csv"
+    kept = run(encoder, manifest, batch_size=batch_size, on_bad_image="skip", bad_image_log=log_path)
+    assert [path for path, _ in BadImageLog(log_path).entries()] == [str(broken)]
+    assert kept.skipped == ["images/broken.jpg"]
+    readable = manifest.subset("train")
+    readable = readable.subset(rows=(readable.table["image"] != "images/broken.jpg").to_numpy())
+    clean = run(encoder, readable, batch_size=batch_size)
+    assert list(kept.ids) == list(clean.ids) == ["images/img0.png", "images/img1.png"]
+    np.testing.assert_array_equal(kept.labels, clean.labels)
+    assert kept.meta.equals(clean.meta)
+    np.testing.assert_allclose(kept.features, clean.features, rtol=1e-5, atol=1e-6)
+
+
+def test_skipped_images_survive_the_cache(encoder, tmp_path, counter) -> None:
+    manifest, broken = with_broken_image(tmp_path)
+    cache = tmp_path / "cache"
+    first = cached(encoder, manifest, cache, on_bad_image="skip", bad_image_log=tmp_path / "a.csv")
+    second = cached(encoder, manifest, cache, on_bad_image="skip", bad_image_log=tmp_path / "b.csv")
+    assert counter == ["train"], "the second call must read the cache"
+    assert list(second["train"].ids) == list(first["train"].ids) and len(second["train"]) == 2
+    assert second["train"].skipped == first["train"].skipped == ["images/broken.jpg"]
+    assert [path for path, _ in BadImageLog(tmp_path / "b.csv").entries()] == [str(broken)]
+    with pytest.raises(ImageLoadError, match=r"broken\.jpg"):  # without skip the cache does not hide it
+        cached(encoder, manifest, cache)
+
+
+def test_probe_run_honours_on_bad_image(tmp_path) -> None:
+    from tests.probes.test_run import probe_config
+
+    table = small_folder(tmp_path / "data", n=12).drop(columns=["mask", "bbox"])
+    write_truncated_jpeg(tmp_path / "data" / "images" / "broken.jpg")
+    table.loc[len(table)] = {
+        "image": "images/broken.jpg",
+        "split": "train",
+        "label": "nevus",
+        "patient_id": "P0",
+    }
+    table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
+    options = [
+        "data=manifest",
+        f"data.path={tmp_path / 'data' / 'manifest.csv'}",
+        "data.classes=[nevus,melanoma]",
+    ]
+    options += ["probe=knn", "bootstrap=0"]
+    with pytest.raises(ImageLoadError, match=r"broken\.jpg: unreadable image"):
+        run_probe(probe_config(tmp_path, *options), tmp_path / "strict")
+    metrics = run_probe(probe_config(tmp_path, *options, "data.on_bad_image=skip"), tmp_path / "lenient")
+    listed = pd.read_csv(tmp_path / "lenient" / "skipped_images.csv")
+    assert listed["path"].tolist() == [str(tmp_path / "data" / "images" / "broken.jpg")]
+    assert metrics["skipped_images"] == 1
+    assert "1 unreadable image(s) skipped" in (tmp_path / "lenient" / "report.md").read_text()
