@@ -226,7 +226,7 @@ def test_abcd_features_reject_bad_input():
 def test_abcd_features_learn_the_labels_and_beat_raw_pixels(tmp_path):
     """The key acceptance check: labels are visible in pixels + masks, through hand-crafted ABCD features,
     far better than a linear model on raw pixels (which the nuisances defeat)."""
-    manifest = generate_synthderm(tmp_path, n_patients=300, image_size=64, seed=0)
+    manifest = generate_synthderm(tmp_path, n_patients=200, image_size=64, seed=0)
     table = pd.read_csv(manifest)
     table = table[(table["modality"] == "dermoscopy") & (table["timepoint"] == 0)].reset_index(drop=True)
     features, pixels = [], []
@@ -236,7 +236,7 @@ def test_abcd_features_learn_the_labels_and_beat_raw_pixels(tmp_path):
         pixels.append(cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).reshape(-1) / 255.0)
     y = table["label"].map(CLASSES.index).to_numpy()
     train = (table["split"] == "train").to_numpy()
-    assert train.sum() > 250 and len(np.unique(y[~train])) == 4
+    assert train.sum() > 150 and len(np.unique(y[~train])) == 4
 
     def scores(x: np.ndarray, cs: tuple[float, ...]) -> list[float]:
         """Balanced accuracy on val+test of a standardised, balanced logistic regression, per C (warm-started
