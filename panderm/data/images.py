@@ -58,7 +58,8 @@ def max_image_pixels() -> int | None:
 
     `PANDERM_MAX_IMAGE_PIXELS` when set (a whole number; 0 or "none" lifts the limit), else Pillow's default
     (`DEFAULT_MAX_IMAGE_PIXELS`). It is read at every decode, so it also holds in DataLoader workers and in
-    every command. Raises `ConfigError` for a value that is not a whole number >= 0.
+    every command, and each decode sets Pillow's `Image.MAX_IMAGE_PIXELS` to it (set the variable, not
+    Pillow's attribute). Raises `ConfigError` for a value that is not a whole number >= 0.
     """
     value = os.environ.get(MAX_PIXELS_ENV, "").strip()
     if not value:
@@ -78,11 +79,14 @@ def _over_limit(pixels: int | None, limit: int, size: tuple[int, int] | None = N
     what = f"{pixels:,} pixels" if pixels is not None else f"more than {2 * limit:,} pixels"
     if size is not None:
         what += f" ({size[0]}x{size[1]})"
+    needed = pixels if pixels is not None else 2 * limit + 1
+    step = 10 ** max(len(str(needed)) - 2, 0)
+    enough = -(-needed // step) * step  # rounded up to two significant digits
     return (
         f"image of {what} is over the limit of {limit:,} pixels that guards against decompression bombs "
         f"(small files that expand to huge images); if the image is genuine, raise the limit with the "
-        f"environment variable {MAX_PIXELS_ENV}={max(pixels or 0, 2 * limit + 1)} (0 or none: no limit), "
-        f"e.g. `{MAX_PIXELS_ENV}={max(pixels or 0, 2 * limit + 1)} panderm ...`"
+        f"environment variable {MAX_PIXELS_ENV} (0 or none: no limit), e.g. "
+        f"`{MAX_PIXELS_ENV}={enough} panderm ...`"
     )
 
 
