@@ -66,7 +66,7 @@ def max_image_pixels() -> int | None:
         return DEFAULT_MAX_IMAGE_PIXELS
     if value.lower() == "none":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ConfigError(
             f"{MAX_PIXELS_ENV}={value}: not a pixel count; set a whole number of pixels (e.g. "
             f"{MAX_PIXELS_ENV}=200000000), or 0 / none for no limit"
