@@ -513,7 +513,7 @@ VALUE_RANGES: dict[str, Bound] = {
     **dict.fromkeys(["max_epochs", "max_steps"], LIMIT),
     **dict.fromkeys(["lr", "base_lr", "probe_lr", "scale", "clip_grad", "init_values"], POSITIVE),
     **dict.fromkeys(["weight_decay", "temperature", "backoff"], NON_NEGATIVE),
-    **dict.fromkeys(["warmup_fraction", "mask_ratio", "drop_path_rate"], FRACTION),
+    **dict.fromkeys(["warmup_fraction", "mask_ratio", "drop_path_rate", "max_failed_fraction"], FRACTION),
     **dict.fromkeys(["overlap", "betas"], FRACTION_BELOW_ONE),
     **dict.fromkeys(["layer_decay", "top_p"], FRACTION_ABOVE_ZERO),
 }

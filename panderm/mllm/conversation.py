@@ -11,7 +11,6 @@ bytes, so the same image under two paths gives the same key.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 from collections import OrderedDict
@@ -20,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import numpy as np
 from PIL import Image
 
-from panderm.errors import ConfigError, DataError
+from panderm.data.images import decode_image
+from panderm.errors import ConfigError, DataError, ImageLoadError
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -37,12 +38,18 @@ class TextPart:
 
 @dataclass(frozen=True)
 class ImagePart:
-    """An image inside a turn: exactly one of `path` (read lazily, once) or in-memory `data`."""
+    """An image inside a turn: exactly one of `path` (read lazily, once) or in-memory `data`.
+
+    `source` says where the image came from (e.g. ``"problems.csv row 3"``) for error messages; it is not part
+    of the image's identity. `checked_bytes()` is what anything that sends or decodes the image uses.
+    """
 
     path: Path | None = None
     data: bytes | None = None
     mime: str = "image/png"
+    source: str = field(default="", compare=False)
     _cached: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
+    _decodes: list[bool] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
@@ -53,29 +60,75 @@ class ImagePart:
             raise ConfigError(f"ImagePart data must be bytes, got {type(self.data).__name__}")
 
     def bytes(self) -> bytes:
-        """The image's bytes; a file is read on first use and cached. Raises DataError if it is missing."""
+        """The image's bytes, unchecked (what identifies it); a file is read on first use and cached.
+        Raises DataError if it is missing."""
         if self.data is not None:
             return self.data
         if not self._cached:
             try:
                 self._cached.append(self.path.read_bytes())  # type: ignore[union-attr]
             except OSError as exc:
-                raise DataError(f"{self.path}: cannot read image ({exc.strerror or exc})") from exc
+                raise DataError(f"{self.where()}: cannot read image ({exc.strerror or exc})") from exc
         return self._cached[0]
+
+    def checked_bytes(self) -> bytes:
+        """`bytes()` once they are known to decode as an image (decoded in full on first use through
+        `panderm.data.images.decode_image`): only such bytes may be sent to a model. Raises `ImageLoadError`
+        (a DataError) naming `where()` when they do not decode."""
+        if not self._decodes:
+            _decode(self, "RGB")
+        return self.bytes()
 
     def sha256(self) -> str:
         """Hex sha256 of the image bytes (what identifies the image in `Conversation.canonical()`)."""
         return hashlib.sha256(self.bytes()).hexdigest()
 
+    def where(self) -> str:
+        """The image as messages name it: its `source` and path, or the in-memory bytes' sha256."""
+        name = str(self.path) if self.path is not None else f"in-memory image sha256 {self.sha256()[:12]}"
+        return f"{self.source} ({name})" if self.source else name
+
+
+def _decode(part: ImagePart, mode: str) -> np.ndarray:
+    """The part's pixels as uint8 by `panderm.data.images.decode_image` (the one decoder of every loader);
+    ImageLoadError naming `part.where()` when the bytes are not an image."""
+    try:
+        pixels = decode_image(part.bytes(), part.where(), mode=mode)
+    except (ImageLoadError, Image.DecompressionBombError) as exc:
+        reason = exc.reason if isinstance(exc, ImageLoadError) else str(exc)
+        raise ImageLoadError(
+            part.where(), f"not an image, so it is neither decoded nor sent to a model ({reason})"
+        ) from exc
+    part._decodes.append(True)
+    return pixels
+
+
+def check_images(parts: Iterable[ImagePart]) -> list[str]:
+    """Decode-check every part (`ImagePart.checked_bytes`), each distinct content once; one line per image
+    that is missing or not an image, naming it, so that a run can refuse them all before any request."""
+    problems: list[str] = []
+    seen: dict[str, bool] = {}  # sha256 -> decodes; the same bytes under another part need no second decode
+    for part in parts:
+        if part._decodes:
+            continue
+        try:
+            digest = part.sha256()
+            if digest not in seen:
+                seen[digest] = False
+                part.checked_bytes()
+                seen[digest] = True
+            elif seen[digest]:
+                part._decodes.append(True)
+            else:
+                part.checked_bytes()
+        except DataError as exc:
+            problems.append(str(exc))
+    return problems
+
 
 def decode_rgb(part: ImagePart) -> Image.Image:
-    """The image decoded as RGB; DataError naming the file (or the in-memory image's hash) if it cannot be."""
-    try:
-        with Image.open(io.BytesIO(part.bytes())) as raw:
-            return raw.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        where = str(part.path) if part.path is not None else f"in-memory image sha256 {part.sha256()[:12]}"
-        raise DataError(f"{where}: cannot decode image ({exc})") from exc
+    """The image decoded as RGB; ImageLoadError (a DataError) naming the image if it is not one."""
+    return Image.fromarray(_decode(part, "RGB"))
 
 
 _K = TypeVar("_K", bound=Hashable)

@@ -21,6 +21,7 @@ from panderm.io import atomic_write_text
 from panderm.mllm.conversation import Conversation, ImagePart, Part, TextPart, Turn
 from panderm.mllm.regions import parse_regions
 from panderm.mllm.samples import TASKS, VQASample
+from panderm.paths import resolve_under
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -75,10 +76,6 @@ def infer_task(question: str) -> str:
 def infer_language(text: str) -> str:
     """ "zh" when `text` contains CJK ideographs, else "en"."""
     return "zh" if _CJK.search(text) else "en"
-
-
-def _resolve(root: Path, name: str) -> Path:
-    return Path(os.path.normpath(os.path.join(os.path.abspath(root), name)))
 
 
 def _is_count(value: object) -> bool:
@@ -182,11 +179,10 @@ def _check_record(obj: object, forced_task: str | None) -> list[str]:
     return problems
 
 
-def _to_sample(obj: dict[str, Any], root: Path, forced_task: str | None) -> VQASample:
-    """Build the sample of a record that passed `_check_record`."""
+def _to_sample(obj: dict[str, Any], image_path: Path, forced_task: str | None, source: str) -> VQASample:
+    """Build the sample of a record that passed `_check_record`, its image at `image_path`."""
     turns = obj["conversations"]
-    image_path = _resolve(root, obj["image"])
-    image = ImagePart(path=image_path)
+    image = ImagePart(path=image_path, source=source)
     layout: dict[str, Any] = {"id": obj["id"], "image": obj["image"]}
     implicit = not any(IMAGE_TOKEN in t["value"] for t in turns if t["from"] == "human")
     if implicit:
@@ -219,11 +215,17 @@ def _to_sample(obj: dict[str, Any], root: Path, forced_task: str | None) -> VQAS
 
 
 def read_medrega(
-    path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None, task: str | None = None
+    path: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+    task: str | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[VQASample]:
     """One `VQASample` per record of a MedRegA JSONL file; images are resolved, never read.
 
-    `image_root` (default: the file's folder) is what relative image paths are resolved against. `task`
+    `image_root` (default: the file's folder) is what relative image paths are resolved against; an image
+    path that leads outside it (``../``, an absolute path elsewhere) is a problem of its line unless
+    `allow_outside_root` (`panderm.paths.resolve_under`). `task`
     forces every sample's task; None takes a record's own ``task`` field, else infers it from the question
     (`infer_task`); ``language`` is likewise the record's field or "zh" when a human value has CJK. Raises
     `ConfigError` for an unknown `task`, `DataError` when the file cannot be read, and one `ManifestError`
@@ -251,7 +253,14 @@ def read_medrega(
             problems += [f"line {lineno}: {p}" for p in found]
             continue
         try:
-            samples.append(_to_sample(obj, root, task))
+            image = resolve_under(
+                root, obj["image"], allow_outside=allow_outside_root, option="allow_outside_root=true"
+            )
+        except DataError as exc:
+            problems.append(f"line {lineno}: image {exc}")
+            continue
+        try:
+            samples.append(_to_sample(obj, image, task, f"{path} line {lineno}"))
         except ConfigError as exc:  # a turn the checks above let through; still reported with its line
             problems.append(f"line {lineno}: {exc}")
     if not samples and not problems:
@@ -266,7 +275,7 @@ def _image_name(sample: VQASample, image: Path, root: Path) -> str:
     under `root`, else an absolute one."""
     target = Path(os.path.normpath(os.path.abspath(image)))
     original = sample.meta.get(MEDREGA_META, {}).get("image")
-    if isinstance(original, str) and _resolve(root, original) == target:
+    if isinstance(original, str) and resolve_under(root, original, allow_outside=True) == target:
         return original
     try:
         return target.relative_to(Path(os.path.abspath(root))).as_posix()

@@ -49,7 +49,12 @@ def load_samples(cfg: DictConfig, run_dir: Path) -> list[VQASample]:
         manifest = load_data(cfg.synth, run_dir)
         path = make_region_vqa(manifest.source, run_dir / "region_vqa.jsonl", seed=cfg.seed)
         root = Path(manifest.source).parent  # the set's image paths are relative to the manifest's folder
-    samples = read_medrega(path, image_root=root, task=cfg.task if cfg.force_task else None)
+    samples = read_medrega(
+        path,
+        image_root=root,
+        task=cfg.task if cfg.force_task else None,
+        allow_outside_root=cfg.allow_outside_root,
+    )
     samples = [
         s for s in samples if (cfg.task == "all" or s.task == cfg.task) and s.language in cfg.languages
     ]
@@ -102,6 +107,7 @@ def run_vqa(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         retries=cfg.retries,
         backoff=cfg.backoff,
         progress=cfg.progress,
+        max_failed_fraction=cfg.max_failed_fraction,
     )
     metrics, rows = score_run(samples, results, region_style=cfg.region_style)
     metrics.update(

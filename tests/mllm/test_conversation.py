@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from panderm.errors import ConfigError, DataError
-from panderm.mllm.conversation import Conversation, ImagePart, TextPart, Turn
+from panderm.errors import ConfigError, DataError, ImageLoadError
+from panderm.mllm.conversation import Conversation, ImagePart, TextPart, Turn, check_images, decode_rgb
 
 
 def test_builders_chain_from_class_and_instance(tmp_path):
@@ -59,6 +62,22 @@ def test_missing_image_raises_data_error_naming_path(tmp_path):
     missing = tmp_path / "nope.png"
     with pytest.raises(DataError, match=r"nope\.png"):
         Conversation.user(ImagePart(path=missing)).canonical()
+
+
+def test_only_bytes_that_decode_as_an_image_are_handed_out_for_sending(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((3, 5, 3), 7, np.uint8)).save(buffer, format="PNG")
+    good = ImagePart(data=buffer.getvalue(), source="p.csv row 2")
+    assert good.checked_bytes() == buffer.getvalue() and decode_rgb(good).size == (5, 3)
+    (tmp_path / "secret.png").write_text("root:x:0:0")
+    bad = ImagePart(path=tmp_path / "secret.png", source="v.jsonl line 7")
+    assert bad.bytes() == b"root:x:0:0"  # hashing needs the bytes; sending needs an image
+    for use in (bad.checked_bytes, lambda: decode_rgb(bad)):
+        with pytest.raises(ImageLoadError, match=r"v\.jsonl line 7 \(.*secret\.png\): not an image"):
+            use()
+    twin = ImagePart(data=buffer.getvalue())  # the same content as `good`: not decoded a second time
+    problems = check_images([good, bad, twin, ImagePart(data=b"GIF89a")])
+    assert len(problems) == 2 and "line 7" in problems[0] and "in-memory image sha256" in problems[1]
 
 
 def test_image_part_needs_exactly_one_source(tmp_path):

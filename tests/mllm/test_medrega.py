@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from panderm.errors import ConfigError, DataError
+from panderm.errors import ConfigError, DataError, ManifestError
 from panderm.mllm.conversation import Conversation, ImagePart, TextPart
 from panderm.mllm.medrega import MEDREGA_META, infer_language, infer_task, read_medrega, write_medrega
 from panderm.mllm.regions import parse_regions
@@ -83,8 +83,12 @@ def test_demo_round_trip_is_lossless(demo: Path, tmp_path: Path) -> None:
     original, written = _lines(demo), _lines(out)
     assert written == original  # JSON-equal record for record, int ids stay ints
     assert [type(r["id"]) for r in written] == [int] * 11
-    # Written elsewhere without the root, images stay reachable (absolute) and read back to the same files.
-    again = read_medrega(write_medrega(read_medrega(demo), tmp_path / "sub" / "b.jsonl"))
+    # Written elsewhere without the root, images stay reachable (absolute) and read back to the same files
+    # once files outside the new file's folder are allowed.
+    elsewhere = write_medrega(read_medrega(demo), tmp_path / "sub" / "b.jsonl")
+    with pytest.raises(ManifestError, match=r"line 1: image path .* escapes the data root"):
+        read_medrega(elsewhere)
+    again = read_medrega(elsewhere, allow_outside_root=True)
     assert [s.image for s in again] == [s.image for s in read_medrega(demo)]
     assert not [p for p in tmp_path.rglob("*.tmp")]
 

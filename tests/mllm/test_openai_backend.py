@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import socket
 from base64 import b64decode, b64encode
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from panderm.errors import BackendError, ConfigError
 from panderm.mllm.backends import build_backend, openai_api
@@ -20,8 +23,17 @@ from tests.mllm.chat_server import MISBEHAVIOURS
 
 KEY_ENV = "PANDERM_TEST_OPENAI_KEY"
 KEY = "sk-test-Zq9v8XkL2m"
-PNG = ImagePart(data=b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-JPEG = ImagePart(data=b"\xff\xd8\xff\xe0" + bytes(range(255, -1, -1)), mime="image/jpeg")
+
+
+def encoded(format: str, value: int) -> bytes:
+    """A tiny real image (only bytes that decode as an image are sent)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+PNG = ImagePart(data=encoded("PNG", 10))
+JPEG = ImagePart(data=encoded("JPEG", 200), mime="image/jpeg")
 
 
 def no_sleep(_: float) -> None:

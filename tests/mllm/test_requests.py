@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from panderm.errors import ConfigError
+from panderm.errors import BackendError, ConfigError, DataError
 from panderm.mllm.adapters import ADAPTERS, adapter_for
 from panderm.mllm.backends import BACKENDS, backend_class
 from panderm.mllm.backends.base import Backend, GenerationSettings
-from panderm.mllm.cache import ResponseCache
+from panderm.mllm.cache import CacheResult, ResponseCache
 from panderm.mllm.conversation import Conversation, ImagePart, TextPart
-from panderm.mllm.requests import backend_key, run_requests
+from panderm.mllm.requests import backend_key, check_failures, failure_kind, run_requests
 
 
 class Scripted(Backend):
@@ -125,3 +125,38 @@ def test_wrong_number_of_replies_is_a_failure_not_an_answer(tmp_path):
         out = run_requests(Extra(batch_size=2), convs("a", "b", "c"), cache, retries=1)
     assert [r.status for r in out] == ["failed"] * 3
     assert all("2 replies for 1" in r.error for r in out)
+
+
+def test_failures_are_summed_up_by_kind_and_checked_against_the_allowed_share(caplog):
+    errors = [
+        "BackendError: openai backend (model='m', base_url=http://h/v1/): HTTP 500: boom",
+        "BackendError: openai backend (model='m', base_url=http://h/v1/): no reply within timeout=2 s",
+        "BackendError: openai backend (model='m', base_url=http://h/v1/): connection failed: refused",
+        "RuntimeError: CUDA out of memory",
+    ]
+    failed = [CacheResult("failed", None, e, 3, cached=False) for e in errors]
+    assert [failure_kind(e) for e in errors] == ["HTTP 500", "timeout", "connection failed", "RuntimeError"]
+    ok = CacheResult("ok", "yes", None, 1, cached=True)
+    check_failures([ok, *failed])  # a partly failed run passes and says so
+    assert "4 of 5 requests failed (HTTP 500: 1, timeout: 1, connection failed: 1, RuntimeError: 1)" in (
+        caplog.text
+    )
+    with pytest.raises(BackendError, match=r"(?s)4 of 4 requests failed.*HTTP 500: boom.*every request"):
+        check_failures(failed, cache="responses.jsonl")
+    with pytest.raises(BackendError, match=r"more than max_failed_fraction=0\.5"):
+        check_failures([ok, *failed], 0.5)
+    check_failures(failed, 1.0)
+    check_failures([ok], 0.0)
+    with pytest.raises(ConfigError, match=r"max_failed_fraction=1\.5"):
+        check_failures([ok], 1.5)
+
+
+def test_images_that_do_not_decode_are_refused_before_any_request(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("root:x:0:0")
+    backend = Scripted()
+    bad = [Conversation.user(ImagePart(path=text, source="file.csv row 4"), "q"), Conversation.user("ok")]
+    with ResponseCache(tmp_path / "c.jsonl") as cache, pytest.raises(DataError) as err:
+        run_requests(backend, bad, cache)
+    assert "file.csv row 4" in str(err.value) and "not an image" in str(err.value)
+    assert backend.calls == [] and not (tmp_path / "c.jsonl").exists()

@@ -7,9 +7,10 @@ The client makes exactly one attempt per request (``max_retries=0``): retries, b
 
 Request mapping: a system turn becomes ``{"role": "system", "content": str}``; a user turn a content list of
 ``{"type": "text"}`` and ``{"type": "image_url", "image_url": {"url": "data:<mime>;base64,..."}}`` parts in
-the rendered order; an assistant turn (e.g. an in-context demonstration) ``{"role": "assistant", "content":
-str}``. The token limit is sent as ``max_completion_tokens`` by default: OpenAI accepts it for every model
-(``max_tokens`` is deprecated there and rejected by reasoning models) and vLLM and SGLang accept it too; set
+the rendered order (only bytes that decode as an image are encoded: `ImagePart.checked_bytes`); an
+assistant turn (e.g. an in-context demonstration) ``{"role": "assistant", "content": str}``. The token
+limit is sent as ``max_completion_tokens`` by default: OpenAI accepts it for every model (``max_tokens`` is
+deprecated there and rejected by reasoning models) and vLLM and SGLang accept it too; set
 ``max_tokens_param="max_tokens"`` for servers that only know the older name (e.g. TGI, old vLLM).
 """
 
@@ -136,7 +137,7 @@ class OpenAIBackend(Backend):
         return {"role": "user", "content": content}
 
     def _data_url(self, part: ImagePart) -> str:
-        encoded = self._b64.get(part, lambda p: b64encode(p.bytes()).decode("ascii"))
+        encoded = self._b64.get(part, lambda p: b64encode(p.checked_bytes()).decode("ascii"))
         return f"data:{part.mime};base64,{encoded}"
 
     def _complete(self, conversation: Conversation) -> str:

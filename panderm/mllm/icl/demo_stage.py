@@ -19,6 +19,7 @@ from panderm.mllm.icl.synth import make_icl_problems
 def _config(ctx: Any, problems: Path, backend: str, strategy: str, encoder: Path | None) -> Any:
     cfg = OmegaConf.structured(ICLConfig)
     cfg.seed, cfg.problems, cfg.strategy, cfg.progress = ctx.cfg.seed, str(problems), strategy, False
+    cfg.allow_outside_root = True  # written by icl_stage from the demo's own data, which lies outside icl/
     cfg.backend.name = backend
     if backend == "knn_icl":
         cfg.encoder = str(encoder)

@@ -3,8 +3,9 @@
 Columns: `problem_id`, `order`, `question`, `answer`, `image` (a path relative to `image_root`, default the
 file's folder; or, as in the Hugging Face Parquet export, a dict with the image's `bytes`) and/or `image_url`
 (a local path, ``file://`` URL or ``data:`` URL; nothing is downloaded), `speciality`, and any `flag_*`
-columns. Rows are grouped by `problem_id` and sorted by `order`; the last row is the query, the others are
-the demonstrations in prompt order. A problem with a missing image is excluded and reported by id.
+columns. Local paths must lie under `image_root` (`panderm.paths.resolve_under`) unless the caller allows
+files outside it. Rows are grouped by `problem_id` and sorted by `order`; the last row is the query, the
+others are the demonstrations in prompt order. A problem with a missing image is excluded and reported by id.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 
 from panderm.errors import DataError, ManifestError
 from panderm.mllm.conversation import ImagePart
+from panderm.paths import resolve_under
 
 REQUIRED = ("problem_id", "order", "question", "answer")
 MODALITY_COLUMNS = ("modality", "flag_image_type", "image_type")
@@ -87,29 +89,35 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _image(row: Mapping[str, Any], root: Path) -> ImagePart | str:
-    """The row's image, or why there is none."""
+def _image(row: Mapping[str, Any], root: Path, allow_outside: bool, source: str) -> ImagePart | str:
+    """The row's image, or why there is none; DataError for a local path outside `root` (unless
+    `allow_outside`). `source` names the row in later messages about the image."""
     image, url = row.get("image"), _text(row.get("image_url"))
     if isinstance(image, Mapping):  # the Hugging Face datasets export of an Image feature
         if image.get("bytes"):
-            return ImagePart(data=bytes(image["bytes"]))
+            return ImagePart(data=bytes(image["bytes"]), source=source)
         image = image.get("path")
     candidates = [_text(image)] if _text(image) else []
+    if url.startswith("file://"):
+        candidates.append(unquote(urlparse(url).path))
+    elif url and "://" not in url and not url.startswith("data:"):
+        candidates.append(url)
+    paths = [
+        resolve_under(
+            root, Path(c).expanduser(), allow_outside=allow_outside, option="allow_outside_root=true"
+        )
+        for c in candidates
+    ]
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         try:
-            return ImagePart(data=base64.b64decode(payload), mime=header[5:].split(";")[0] or "image/png")
+            data = base64.b64decode(payload)
         except ValueError:
             return "image_url holds an undecodable data: URL"
-    if url.startswith("file://"):
-        candidates.append(unquote(urlparse(url).path))
-    elif url and "://" not in url:
-        candidates.append(url)
-    for candidate in candidates:
-        path = Path(candidate).expanduser()
-        path = Path(os.path.normpath(path if path.is_absolute() else root / path))
+        return ImagePart(data=data, mime=header[5:].split(";")[0] or "image/png", source=source)
+    for path in paths:
         if path.is_file():
-            return ImagePart(path=path)
+            return ImagePart(path=path, source=source)
     if candidates:
         return f"image not found: {candidates[0]}"
     return "no local image (remote image_url values are not downloaded)" if url else "no image given"
@@ -124,10 +132,14 @@ def _first(row: Mapping[str, Any], columns: Sequence[str]) -> str:
 
 
 def load_problems(
-    path: str | os.PathLike[str], *, image_root: str | os.PathLike[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    image_root: str | os.PathLike[str] | None = None,
+    allow_outside_root: bool = False,
 ) -> ProblemSet:
     """Read a problems file; raises one `ManifestError` listing every row problem (missing column, empty
-    question or answer, duplicate `order` within a problem); problems whose image is missing are excluded."""
+    question or answer, duplicate `order` within a problem, an image path outside `image_root` unless
+    `allow_outside_root`); problems whose image is missing are excluded. Images are not read here."""
     path = Path(path)
     table = _read_table(path)
     missing = [c for c in REQUIRED if c not in table.columns]
@@ -138,12 +150,18 @@ def load_problems(
     root = Path(image_root) if image_root is not None else path.parent
     orders = pd.to_numeric(table["order"], errors="coerce")
     issues: list[str] = []
+    images: list[ImagePart | str] = []
     for i, rec in enumerate(table.to_dict("records"), 1):
         for column in ("problem_id", "question", "answer"):
             if not _text(rec[column]):
                 issues.append(f"row {i}: empty {column}")
         if pd.isna(orders.iloc[i - 1]):
             issues.append(f"row {i}: order {rec['order']!r} is not a number")
+        try:
+            images.append(_image(rec, root, allow_outside_root, f"{path} row {i}"))
+        except DataError as exc:
+            images.append(str(exc))
+            issues.append(f"row {i}: image {exc}")
     table = table.assign(_row=range(1, len(table) + 1), _pid=table["problem_id"].map(_text), _order=orders)
     for pid, group in table.groupby("_pid", sort=False):
         repeated = group["_order"].dropna()
@@ -159,7 +177,7 @@ def load_problems(
         rows = group.sort_values("_order", kind="stable").to_dict("records")
         examples = []
         for rec in rows:
-            image = _image(rec, root)
+            image = images[rec["_row"] - 1]
             if isinstance(image, str):
                 excluded[pid] = f"row {rec['_row']}: {image}"
                 break

@@ -43,12 +43,15 @@ MODES = ("open", "mcqa")
 def problem_set(cfg: DictConfig, run_dir: Path) -> ProblemSet:
     """The problems `cfg` selects: `cfg.problems`, or a set generated from `cfg.synth`."""
     if cfg.problems:
-        return load_problems(cfg.problems, image_root=cfg.image_root)
+        return load_problems(
+            cfg.problems, image_root=cfg.image_root, allow_outside_root=cfg.allow_outside_root
+        )
     manifest = load_data(cfg.synth, run_dir)
     path = make_icl_problems(
         manifest.source, run_dir / "problems.jsonl", n_problems=cfg.n_problems, seed=cfg.seed
     )
-    return load_problems(path)
+    # written here from the validated manifest, whose images may lie outside the run folder (synth.out_dir)
+    return load_problems(path, allow_outside_root=True)
 
 
 def similarity_from(encoder: str | None) -> Similarity | None:
@@ -145,6 +148,7 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         retries=cfg.retries,
         backoff=cfg.backoff,
         progress=cfg.progress,
+        max_failed_fraction=cfg.max_failed_fraction,
     )
     frame = pd.DataFrame(
         [result_row(v, r, o) for v, r, (_, o) in zip(variants, results, prompts, strict=True)]

@@ -37,7 +37,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     encoder = save_encoder(
         create_encoder("vit_tiny", patch_size=8, image_size=32, depth=1), folder / "encoder"
     )
-    data = [f"synth.out_dir={folder / 'data'}", "synth.n_patients=16", "synth.image_size=32", "n_problems=8"]
+    # the generated data goes under base/, so the problems file's images lie under its folder
+    data = ["synth.n_patients=16", "synth.image_size=32", "n_problems=8"]
     run_icl(icl_config(*data, "strategy=original"), folder / "base")  # writes problems.jsonl
     return {"folder": folder, "encoder": encoder, "problems": folder / "base" / "problems.jsonl"}
 

@@ -119,7 +119,7 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
 
 def test_synthderm_problems(tmp_path: Path) -> None:
     manifest = generate_synthderm(tmp_path / "data", n_patients=24, image_size=32, seed=0)
-    path = make_icl_problems(manifest, tmp_path / "icl" / "problems.jsonl", n_problems=12, seed=0)
+    path = make_icl_problems(manifest, tmp_path / "problems.jsonl", n_problems=12, seed=0)
     problems = load_problems(path).problems
     assert len(problems) == 12
     assert [len(p.demos) for p in problems] == [2, 3, 4, 5] * 3
