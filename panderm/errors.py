@@ -42,3 +42,12 @@ class ProbeError(PandermError):
 
 class BackendError(PandermError):
     """A model backend (MLLM API, local model, expert head) is misconfigured or misbehaved."""
+
+
+class CheckpointError(PandermError):
+    """A checkpoint file is missing, corrupt, unsafe to unpickle or does not fit the model; `report` holds the
+    key lists (a `panderm.models.checkpoints.LoadReport`) when keys did not match."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
@@ -14,9 +13,10 @@ from monai.metrics import DiceMetric
 from panderm.models.seg_heads import SegmentationModel
 from panderm.pretrain.objectives import check_finite
 from panderm.pretrain.optim import build_optimizer, param_groups
+from panderm.pretrain.runlog import EpochMeanModule
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(EpochMeanModule):
     """Trains `model` on batches of `image` (B, 3, S, S) and `mask` (B, S, S) class indices.
 
     The loss is Dice + cross-entropy over the softmax (MONAI `DiceCELoss`, in fp32); validation logs
@@ -57,15 +57,7 @@ class SegmentationTask(L.LightningModule):
         loss = self.loss(logits.float(), batch["mask"][:, None].long())
         if not check_finite(loss, self.global_step, policy=self.on_nonfinite):
             return None  # Lightning skips backward for a None loss
-        self.log(
-            "train/loss",
-            loss.detach(),
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=len(logits),
-        )
+        self.log_train("loss", loss, len(logits), prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

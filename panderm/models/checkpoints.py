@@ -24,7 +24,7 @@ import safetensors.torch
 import timm
 import torch
 
-from panderm.errors import ConfigError, PandermError
+from panderm.errors import CheckpointError, ConfigError
 from panderm.io import atomic_write, atomic_write_json
 from panderm.models.encoder import Encoder, EncoderSpec
 
@@ -37,17 +37,12 @@ META_SUFFIX = ".json"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Top-level keys under which training scripts commonly nest the state dict, in order of preference.
 WRAPPER_KEYS = ("model", "state_dict", "module", "encoder")
+WEIGHTS_ONLY_ADVICE = (
+    "the file is corrupt or holds Python objects other than tensors (re-save its state_dict only)"
+)
 _SHOWN = 20  # keys listed per category in an error message; the full lists are on `error.report`
 
 PathLike = str | os.PathLike[str]
-
-
-class CheckpointError(PandermError):
-    """A checkpoint file is missing, corrupt or does not fit the encoder; `report` holds the key lists."""
-
-    def __init__(self, message: str, report: LoadReport | None = None) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass
@@ -175,6 +170,38 @@ def unwrap_state_dict(obj: Any, source: str = "<memory>") -> dict[str, torch.Ten
     return state
 
 
+def load_torch_file(
+    path: PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+    advice: str = WEIGHTS_ONLY_ADVICE,
+) -> Any:
+    """The object in a torch file (``torch.save``, e.g. a Lightning ``.ckpt``), unpickled safely.
+
+    Every torch file panderm reads goes through here: ``torch.load(weights_only=True)`` is passed
+    explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off, and only tensors, containers,
+    primitives and `argparse.Namespace` are built; nothing a file names is ever called. `mmap=True` maps
+    the tensors instead of reading them (cheap for a check of a large file). Raises `CheckpointError`
+    naming the file, the refused global (if any) and `advice` (what the user can do) when the file is
+    missing, corrupt or holds other objects.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: checkpoint file not found")
+    try:
+        # Training scripts often store their argparse.Namespace next to the weights; it is a plain
+        # attribute bag, so allowing it runs no foreign code.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as error:  # pickle/zip errors, or an object weights_only refuses to build
+        lines = str(error).splitlines() or [type(error).__name__]
+        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise CheckpointError(
+            f"{file}: cannot be read with torch.load(weights_only=True) ({detail}); {advice}"
+        ) from error
+
+
 def load_state_dict_file(
     path: PathLike, *, map_location: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
@@ -195,19 +222,7 @@ def load_state_dict_file(
             raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from error
         return unwrap_state_dict(state, str(file))
     if suffix in TORCH_SUFFIXES:
-        try:
-            # Training scripts often store their argparse.Namespace next to the weights; it is a plain
-            # attribute bag, so allowing it runs no foreign code.
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(file, map_location=map_location, weights_only=True)
-        except Exception as error:  # pickle/zip errors, or an object weights_only refuses to build
-            lines = str(error).splitlines() or [type(error).__name__]
-            detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
-            raise CheckpointError(
-                f"{file}: cannot be read with torch.load(weights_only=True) ({detail}); the file is corrupt "
-                "or holds Python objects other than tensors (re-save its state_dict only)"
-            ) from error
-        return unwrap_state_dict(obj, str(file))
+        return unwrap_state_dict(load_torch_file(file, map_location=map_location), str(file))
     raise CheckpointError(
         f"{file}: unsupported checkpoint suffix {suffix!r}; "
         f"use {WEIGHTS_SUFFIX} or one of {list(TORCH_SUFFIXES)}"

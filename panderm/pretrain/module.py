@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,9 +15,10 @@ from panderm.pretrain.methods import Method
 from panderm.pretrain.methods.base import PROBE_FEATURES
 from panderm.pretrain.objectives import check_finite
 from panderm.pretrain.optim import build_optimizer, param_groups, scaled_lr, warmup_length
+from panderm.pretrain.runlog import EpochMeanModule
 
 
-class PretrainModule(L.LightningModule):
+class PretrainModule(EpochMeanModule):
     """Self-supervised training of `encoder` with `method` on batches of `image` (B, 3, H, W), or `views`
     for multi-view methods (`image` is then the first view), and `token_mask` when the method masks.
 
@@ -94,13 +94,7 @@ class PretrainModule(L.LightningModule):
             return None  # Lightning skips backward for a None loss
         for name, value in out.items():
             # per step (every log_every_n_steps) and per epoch, so short runs still get a curve
-            self.log(
-                f"train/{name}",
-                value.detach().float(),
-                prog_bar=name == "loss",
-                on_epoch=True,
-                sync_dist=True,
-            )
+            self.log_train(name, value, len(images), prog_bar=name == "loss")
         if self.probe is not None:
             loss = loss + self._probe_step(images, batch["label"], probe_features)
         return loss

@@ -113,7 +113,8 @@ class SSLMonitor(L.Callback):
             trainer.callback_metrics[name] = torch.tensor(value)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer, pl_module)  # step 0 of a fresh run: the encoder at initialisation
+        if trainer.global_step == 0:  # a fresh run: the encoder at initialisation (a resumed run logged it)
+            self._log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:

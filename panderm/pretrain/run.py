@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,13 +26,14 @@ from panderm.data.sources import load_data
 from panderm.data.transforms import MultiView
 from panderm.errors import ConfigError
 from panderm.io import atomic_write
-from panderm.models.checkpoints import load_encoder, save_encoder
+from panderm.models.checkpoints import load_encoder, load_torch_file, save_encoder
 from panderm.models.encoder import Encoder, create_encoder
 from panderm.models.masking import MaskGenerator
 from panderm.pretrain.datamodule import PretrainDataModule, ShardPretrainDataModule
 from panderm.pretrain.methods import build_method
 from panderm.pretrain.module import PretrainModule
 from panderm.pretrain.monitors import SSLMonitor
+from panderm.pretrain.runlog import LogPosition, RunLog
 from panderm.pretrain.strategy import build_strategy
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
@@ -80,8 +80,8 @@ def build_teacher(cfg: TeacherConfig | DictConfig, encoder: Encoder) -> torch.nn
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Any] = ()) -> L.Trainer:
-    """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), CSV logs, progress bar, and
-    `extra_callbacks`."""
+    """A Lightning Trainer from `cfg.trainer`: step checkpoints (+ last.ckpt), the CSV log kept across
+    resumes (`RunLog`), progress bar, and `extra_callbacks`."""
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINTS,
@@ -91,10 +91,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Any]
         # On SIGTERM (or a crash) Lightning stops after the current batch; this writes last.ckpt right there.
         save_on_exception=True,
     )
-    callbacks: list[Any] = [checkpoint, *extra_callbacks]
+    callbacks: list[Any] = [checkpoint, LogPosition(), *extra_callbacks]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list[Any] = [RunLog(run_dir)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -120,16 +120,45 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Any]
     )
 
 
+def resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's `checkpoints/last.ckpt`, read safely (tensors mapped, not loaded), or None when the
+    run starts afresh. Raises `CheckpointError` naming the file, and what to do, when it cannot be read with
+    `torch.load(weights_only=True)`: it would run code, or it is damaged."""
+    last = run_dir / CHECKPOINTS / LAST
+    if not last.is_file():
+        return None
+    return load_torch_file(
+        last,
+        mmap=True,
+        advice=(
+            "panderm writes only tensors and plain values into its checkpoints, so this one was not "
+            "written by panderm or is damaged; delete it to start the run over, or use a new folder "
+            "(hydra.run.dir=...)"
+        ),
+    )
+
+
 def fit_resumable(
     trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, run_dir: Path
 ) -> None:
-    """`trainer.fit`, resuming from `<run_dir>/checkpoints/last.ckpt` when it exists. On SIGTERM (after
-    last.ckpt is written at the current batch) exits with status 143 so schedulers see an unfinished job."""
+    """`trainer.fit`, resuming from `<run_dir>/checkpoints/last.ckpt` when it exists (checked first by
+    `resume_checkpoint`, then loaded with weights_only) and keeping `logs/metrics.csv` up to that checkpoint.
+    On SIGTERM (after last.ckpt is written at the current batch) exits with status 143 so schedulers see an
+    unfinished job."""
     last = run_dir / CHECKPOINTS / LAST
-    if last.is_file():
+    checkpoint = resume_checkpoint(run_dir)
+    if checkpoint is not None:
         log.info("resuming from %s", last)
+    for logger in trainer.loggers:
+        if isinstance(logger, RunLog):
+            logger.resume_from(checkpoint)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=str(last) if checkpoint is not None else None,
+            weights_only=True,
+        )
     except SIGTERMException:
         log.warning(
             "stopped by SIGTERM at step %d; run again with hydra.run.dir=%s to resume",

@@ -1,16 +1,30 @@
-"""Kill a pretraining run with SIGTERM mid-epoch, resume it, and get bit-identical final weights."""
+"""Stop a pretraining run mid-epoch (SIGTERM, or SIGKILL right after a checkpoint), resume it, and get the
+uninterrupted run's bit-identical weights and its training log, row for row; two-process DDP equals one
+process on the same global batch."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-import torch
 
-from tests.killing import assert_same_weights, sigterm_after_checkpoint
+import panderm.pretrain.run as pretrain_run
+from panderm.pretrain.run import run_pretrain
+from tests.killing import (
+    SigtermAt,
+    Snapshots,
+    add_callbacks,
+    assert_same_log,
+    assert_same_weights,
+    last_state,
+    one_thread,
+    stopped_like_sigkill,
+)
+from tests.pretrain.test_run import pretrain_config
 
 OVERRIDES = [
     "data.n_patients=16",
@@ -27,7 +41,7 @@ OVERRIDES = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-# Tiny heads for the multi-view methods, so the subprocess runs stay a few seconds each.
+# Tiny heads for the multi-view methods, so the runs stay a few seconds each.
 TINY_HEADS = {
     "ibot": ["++objective.options={num_prototypes:64,hidden_dim:32,bottleneck_dim:16,local_crops:2}"],
     "simclr": ["++objective.options={proj_dim:16,hidden_dim:32}"],
@@ -38,39 +52,47 @@ def objective_overrides(objective: str | None) -> list[str]:
     return [] if objective is None else [f"objective={objective}", *TINY_HEADS.get(objective, [])]
 
 
-def command(run_dir, data_dir, objective: str | None = None) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "panderm.cli",
-        "pretrain",
-        f"hydra.run.dir={run_dir}",
-        f"data.out_dir={data_dir}",
-        *OVERRIDES,
-        *objective_overrides(objective),
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", [None, "ibot"])  # the default, and teacher + centres + per-view masks
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path, objective):
-    data_dir = tmp_path / "data"
-    full = subprocess.run(
-        command(tmp_path / "full", data_dir, objective), env=ENV, capture_output=True, text=True
+def test_stopped_runs_resume_to_the_uninterrupted_weights_and_log(tmp_path, monkeypatch, caplog, objective):
+    """SIGTERM at step 2 and (default objective) SIGKILL after the checkpoint of an epoch's last batch:
+    the resumed runs end with the uninterrupted run's weights and the same log rows and values (steps,
+    per-step losses, epoch means, validation, monitors), none missing and none twice."""
+    cfg = pretrain_config(
+        tmp_path, *OVERRIDES[3:], *objective_overrides(objective), "monitor.every_n_steps=3"
     )
-    assert full.returncode == 0, full.stderr[-3000:]
+    caplog.set_level(logging.INFO, logger=pretrain_run.__name__)
+    with one_thread(), monkeypatch.context() as patch:
+        add_callbacks(patch, pretrain_run, Snapshots(tmp_path / "snapshots"))
+        total = run_pretrain(cfg, tmp_path / "full")["global_step"]
 
-    run_dir = tmp_path / "killed"
-    state = sigterm_after_checkpoint(command(run_dir, data_dir, objective), run_dir, ENV)
-    total = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    killed = tmp_path / "killed"
+    with one_thread(), monkeypatch.context() as patch:
+        add_callbacks(patch, pretrain_run, SigtermAt(2))
+        with pytest.raises(SystemExit) as stop:
+            run_pretrain(cfg, killed)
+    assert stop.value.code == pretrain_run.SIGTERM_EXIT
+    state = last_state(killed)
     assert 2 <= state["global_step"] < total
     assert state["PretrainDataModule"]["batches"] > 0  # stopped inside an epoch, not at its end
-    assert not (run_dir / "encoder.safetensors").exists()
-
-    resumed = subprocess.run(command(run_dir, data_dir, objective), env=ENV, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout + resumed.stderr
-    assert_same_weights(tmp_path / "full" / "encoder.safetensors", run_dir / "encoder.safetensors")
+    assert not (killed / "encoder.safetensors").exists()
+    with one_thread():
+        run_pretrain(cfg, killed)
+    assert "resuming from" in caplog.text
+    assert_same_weights(tmp_path / "full" / "encoder.safetensors", killed / "encoder.safetensors")
+    log = assert_same_log(tmp_path / "full", killed)
+    assert log["train/loss_epoch"].notna().sum() == 2  # both epochs' means, the resumed one included
+    assert (killed / "figures" / "pretrain_loss.png").is_file()
+    if objective is not None:
+        return
+    # SIGKILL in epoch 1's first batch: last.ckpt is from epoch 0's last batch, taken before that batch's
+    # row, validation and epoch mean were logged (a resumed run does not log them again); the log goes on.
+    epoch_end = total // 2
+    stopped_like_sigkill(tmp_path / "full", tmp_path / "snapshots" / f"{epoch_end}.ckpt", tmp_path / "kill9")
+    with one_thread():
+        run_pretrain(cfg, tmp_path / "kill9")
+    assert_same_weights(tmp_path / "full" / "encoder.safetensors", tmp_path / "kill9" / "encoder.safetensors")
+    assert_same_log(tmp_path / "full", tmp_path / "kill9")
 
 
 @pytest.mark.slow

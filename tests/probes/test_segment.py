@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -26,11 +24,21 @@ from panderm.models.encoder import Encoder
 from panderm.models.seg_heads import load_segmenter
 from panderm.models.seg_outputs import logits_to_masks
 from panderm.paths import config_dir
+from probes import segment
 from probes.seg_data import SegmentationDataModule, masked_counts
 from probes.seg_predict import window_logits
 from probes.seg_train import SegmentationTask
 from probes.segment import build_model, run_segment
-from tests.killing import assert_same_weights, sigterm_after_checkpoint
+from tests.killing import (
+    SigtermAt,
+    Snapshots,
+    add_callbacks,
+    assert_same_log,
+    assert_same_weights,
+    last_state,
+    one_thread,
+    stopped_like_sigkill,
+)
 
 TINY = [
     "data.n_patients=12",
@@ -261,39 +269,35 @@ def test_empty_masks_are_trained_on_and_scored_by_the_documented_policy(tmp_path
 
 
 RESUME = [
-    sys.executable,
-    "-m",
-    "panderm.cli",
-    "segment",
-    *[o.replace("'", "") for o in TINY[:2]],
-    "encoder=random:vit_tiny/8@32",
-    "num_workers=0",
     "batch_size=4",
-    "trainer.max_epochs=2",
-    "trainer.progress_bar=false",
     "trainer.checkpoint_every_n_steps=1",
-    "optim.warmup_steps=2",
     "mode=finetune",
     "predict.save_masks=false",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    data = f"data.out_dir={tmp_path / 'data'}"
-    full = subprocess.run(
-        [*RESUME, data, f"hydra.run.dir={tmp_path / 'full'}"], env=ENV, capture_output=True, text=True
-    )
-    assert full.returncode == 0, full.stderr[-3000:]
+def test_stopped_runs_resume_to_the_uninterrupted_weights_and_log(tmp_path, monkeypatch):
+    """SIGTERM mid-epoch, and SIGKILL after the checkpoint of an epoch's last batch (the killed run's log
+    going on past it): both resumed runs end with the uninterrupted segmenter and its log, row for row."""
+    cfg = segment_config(tmp_path, *RESUME)
+    with one_thread(), monkeypatch.context() as patch:
+        add_callbacks(patch, segment, Snapshots(tmp_path / "snapshots"))
+        total = run_segment(cfg, tmp_path / "full")["train"]["global_step"]
     killed = tmp_path / "killed"
-    command = [*RESUME, data, f"hydra.run.dir={killed}"]
-    state = sigterm_after_checkpoint(command, killed, ENV)
-    assert state["SegmentationDataModule"]["batches"] > 0  # stopped inside an epoch
-    resumed = subprocess.run(command, env=ENV, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout + resumed.stderr
-    assert_same_weights(tmp_path / "full" / "segmenter.safetensors", killed / "segmenter.safetensors")
+    with one_thread(), monkeypatch.context() as patch:
+        add_callbacks(patch, segment, SigtermAt(2))
+        with pytest.raises(SystemExit):
+            run_segment(cfg, killed)
+    assert last_state(killed)["SegmentationDataModule"]["batches"] > 0  # stopped inside an epoch
+    stopped_like_sigkill(tmp_path / "full", tmp_path / "snapshots" / f"{total // 2}.ckpt", tmp_path / "kill9")
+    for run in (killed, tmp_path / "kill9"):
+        with one_thread():
+            run_segment(cfg, run)
+        assert_same_weights(tmp_path / "full" / "segmenter.safetensors", run / "segmenter.safetensors")
+        log = assert_same_log(tmp_path / "full", run)
+        assert log["train/loss_epoch"].notna().sum() == 2 and log["val/dice"].notna().sum() == 2
+        assert (run / "figures" / "segment_loss.png").is_file()
 
 
 @pytest.mark.parametrize(
