@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from panderm.cli import main
 from tests.data.helpers import small_folder, write_image, write_mask
-
-PANDERM = [sys.executable, "-m", "panderm.cli"]
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*PANDERM, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_help_lists_subcommands(capsys):
@@ -49,14 +40,22 @@ def test_validate_ok_and_bad(tmp_path, capsys):
     assert "patient 'P0' appears in more than one split" in err
 
 
-def test_hydra_command_rejects_misspelt_key_and_shows_help(tmp_path):
-    result = run("demo", "data.n_patiens=3", f"hydra.run.dir={tmp_path}/run")
-    assert result.returncode != 0
-    assert "n_patiens" in result.stderr
-    result = run("demo", "image_size=big", f"hydra.run.dir={tmp_path}/run")
-    assert result.returncode != 0 and "image_size" in result.stderr
-    result = run("demo", "--help")
-    assert result.returncode == 0 and "n_patients" in result.stdout
+def exit_code(args: list[str]) -> int:
+    """`main(args)`'s status, also when Hydra ends the command with `SystemExit` (errors, --help)."""
+    try:
+        return main(args)
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_hydra_command_rejects_misspelt_key_and_shows_help(tmp_path, capsys):
+    # in-process (the demo tests run the command as a subprocess): Hydra reports and exits before any task
+    assert exit_code(["demo", "data.n_patiens=3", f"hydra.run.dir={tmp_path}/run"]) == 1
+    assert "Key 'n_patiens' not in 'DataConfig'" in capsys.readouterr().err
+    assert exit_code(["demo", "image_size=big", f"hydra.run.dir={tmp_path}/run"]) == 1
+    assert "full_key: image_size" in capsys.readouterr().err
+    assert exit_code(["demo", "--help"]) == 0
+    assert "n_patients" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
 
 
