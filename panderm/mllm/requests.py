@@ -60,8 +60,8 @@ def run_requests(
     problems = check_images(p for c in rendered for p in c.images())
     if problems:
         raise DataError(
-            f"{len(problems)} image(s) cannot be sent to a model; nothing was sent:\n  "
-            + "\n  ".join(problems)
+            f"{len(problems)} image(s) cannot be sent to a model, so nothing was sent; replace them with "
+            "image files or remove their rows:\n  " + "\n  ".join(problems)
         )
     keys = [backend_key(backend, r) for r in rendered]
     meta: dict[str, Any] = {"backend": backend.name, "model": backend.model}
