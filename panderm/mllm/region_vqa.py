@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from scipy import ndimage
 
-from panderm.data.images import load_mask, mask_to_box
+from panderm.data.images import image_size, load_mask, mask_to_box
 from panderm.data.manifest import read_table
 from panderm.data.synthetic import synthcxr, synthderm
 from panderm.errors import ConfigError, DataError, ImageLoadError, ManifestError
@@ -329,14 +328,10 @@ def _load_images(table: pd.DataFrame, root: Path, dataset: str, manifest: Path) 
         where = f"row {int(index) + 1} ({row['image']})"  # type: ignore[call-overload]
         path = root / str(row["image"])
         try:
-            with Image.open(path) as img:
-                width, height = img.size
+            width, height = image_size(path)
             mask = load_mask(root / str(row["mask"]), (height, width))
         except ImageLoadError as exc:
             problems.append(f"{where}: {exc.reason}")
-            continue
-        except OSError as exc:
-            problems.append(f"{where}: cannot read the image ({exc})")
             continue
         regions, why = _regions(mask, dataset)
         if not regions:
