@@ -94,10 +94,9 @@ def _decode(part: ImagePart, mode: str) -> np.ndarray:
     ImageLoadError naming `part.where()` when the bytes are not an image."""
     try:
         pixels = decode_image(part.bytes(), part.where(), mode=mode)
-    except (ImageLoadError, Image.DecompressionBombError) as exc:
-        reason = exc.reason if isinstance(exc, ImageLoadError) else str(exc)
+    except ImageLoadError as exc:  # decode_image also turns Pillow's bomb error into one
         raise ImageLoadError(
-            part.where(), f"not an image, so it is neither decoded nor sent to a model ({reason})"
+            part.where(), f"not an image, so it is neither decoded nor sent to a model ({exc.reason})"
         ) from exc
     part._decodes.append(True)
     return pixels
