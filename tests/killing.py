@@ -99,3 +99,21 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class _CreatesFile:
+    """Unpickling this calls `open(path, "w")`: a stand-in for any code a crafted checkpoint could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def write_trapped_checkpoint(path: Path, marker: Path) -> Path:
+    """A torch file at `path` that looks like a Lightning checkpoint but creates `marker` when unpickled
+    without weights_only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "global_step": 3, "trap": _CreatesFile(marker)}, path)
+    return path

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,8 +196,9 @@ def load_torch_file(
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # pickle/zip errors, or an object weights_only refuses to build
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         lines = str(error).splitlines() or [type(error).__name__]
-        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        detail = f"it would build or call {refused.group(1)}" if refused else lines[0].strip()
         raise CheckpointError(
             f"{file}: cannot be read with torch.load(weights_only=True) ({detail}); {advice}"
         ) from error

@@ -20,11 +20,13 @@ from panderm.models.checkpoints import (
     checkpoint_hash,
     load_encoder,
     load_state_dict_file,
+    load_torch_file,
     load_weights,
     recipe_hash,
     save_encoder,
 )
 from panderm.models.encoder import Encoder, create_encoder
+from tests.killing import write_trapped_checkpoint
 
 RECIPE = {"seed": 3, "optim": {"lr": 1e-3, "betas": [0.9, 0.95]}, "data": "synthderm", "out": Path("/tmp/x")}
 
@@ -257,6 +259,18 @@ def test_load_state_dict_file_refuses_pickled_objects_and_non_state_dicts(tmp_pa
     torch.save({"epoch": 3, "weights": [torch.zeros(1)]}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match=r"not a state dict.*epoch"):
         load_state_dict_file(tmp_path / "odd.pth")
+
+
+@pytest.mark.parametrize("reader", [load_torch_file, load_state_dict_file])
+def test_torch_files_never_run_pickled_code_even_when_torch_is_told_to(tmp_path, monkeypatch, reader) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # turns off weights_only where not explicit
+    path = write_trapped_checkpoint(tmp_path / "trap.ckpt", tmp_path / "marker")
+    with pytest.raises(CheckpointError, match="weights_only") as info:
+        reader(path)
+    assert str(path) in str(info.value) and "io.open" in str(info.value)  # the file and the culprit
+    assert not (tmp_path / "marker").exists()
+    torch.save({"step": 3, "w": torch.ones(2)}, tmp_path / "plain.ckpt")  # tensors and plain values load
+    assert torch.equal(load_torch_file(tmp_path / "plain.ckpt", mmap=True)["w"], torch.ones(2))
 
 
 def test_load_encoder_errors(tmp_path: Path) -> None:

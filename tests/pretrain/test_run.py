@@ -11,11 +11,13 @@ from hydra import compose, initialize_config_dir
 
 from panderm.cli import main
 from panderm.config import register_configs
+from panderm.errors import CheckpointError
 from panderm.models.checkpoints import load_encoder
 from panderm.paths import config_dir
 from panderm.pretrain import methods
 from panderm.pretrain.objectives import NonFiniteLossError
 from panderm.pretrain.run import run_pretrain
+from tests.killing import write_trapped_checkpoint
 
 
 def pretrain_config(tmp_path, *overrides: str):
@@ -56,9 +58,23 @@ def test_pretrain_writes_outputs_exports_and_resumes(tmp_path):
     exported = load_encoder(tmp_path / "exported")
     for key, value in encoder.state_dict().items():
         assert torch.equal(value, exported.state_dict()[key]), key
-    # A second call in the same folder resumes from last.ckpt and continues the step count.
+    # A second call in the same folder resumes from last.ckpt and continues the step count and the log.
     second = run_pretrain(pretrain_config(tmp_path, "trainer.max_epochs=2"), run)
     assert second["global_step"] == 2 * steps
+    log = pd.read_csv(run / "logs" / "metrics.csv")
+    assert log.dropna(subset=["train/loss_epoch"])["epoch"].tolist() == [0, 1]
+    assert log["step"].min() == 0 and log["step"].max() == 2 * steps
+
+
+def test_resume_never_unpickles_code_from_the_run_folder(tmp_path, monkeypatch):
+    """A last.ckpt that would run code when unpickled is refused, naming it, even when torch is told to
+    unpickle anything (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1); no code runs."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    last = write_trapped_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "marker")
+    with pytest.raises(CheckpointError, match="weights_only") as info:
+        run_pretrain(pretrain_config(tmp_path), tmp_path / "run")
+    assert str(last) in str(info.value) and "delete it to start the run over" in str(info.value)
+    assert not (tmp_path / "marker").exists()
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):

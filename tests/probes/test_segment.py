@@ -19,7 +19,7 @@ from panderm.config import register_configs
 from panderm.data.dataset import collate
 from panderm.data.manifest import read_manifest
 from panderm.data.transforms import segmentation_eval_transform
-from panderm.errors import ProbeError
+from panderm.errors import CheckpointError, ProbeError
 from panderm.models.encoder import Encoder
 from panderm.models.seg_heads import load_segmenter
 from panderm.models.seg_outputs import logits_to_masks
@@ -38,6 +38,7 @@ from tests.killing import (
     last_state,
     one_thread,
     stopped_like_sigkill,
+    write_trapped_checkpoint,
 )
 
 TINY = [
@@ -298,6 +299,15 @@ def test_stopped_runs_resume_to_the_uninterrupted_weights_and_log(tmp_path, monk
         log = assert_same_log(tmp_path / "full", run)
         assert log["train/loss_epoch"].notna().sum() == 2 and log["val/dice"].notna().sum() == 2
         assert (run / "figures" / "segment_loss.png").is_file()
+
+
+def test_resume_never_unpickles_code_from_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    last = write_trapped_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "marker")
+    with pytest.raises(CheckpointError, match="weights_only") as info:
+        run_segment(segment_config(tmp_path, "head=linear"), tmp_path / "run")
+    assert str(last) in str(info.value)
+    assert not (tmp_path / "marker").exists()
 
 
 @pytest.mark.parametrize(
