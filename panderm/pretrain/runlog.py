@@ -23,7 +23,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from panderm.io import atomic_write_text
+from panderm.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,19 @@ class _KeptWriter(ExperimentWriter):
         super().log_metrics(metrics_dict, step)
         self.rows += 1
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning rewrites the file in place when a new column appears; a kill then would lose the log.
+        with open(self.metrics_file_path, newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.metrics_file_path, write)
+
 
 class RunLog(CSVLogger):
     """`<run_dir>/logs/metrics.csv`, written through after every row (a killed run loses none), kept across
@@ -104,6 +117,8 @@ class RunLog(CSVLogger):
         """Keep the log up to where `checkpoint` (a Lightning checkpoint dict; None: a fresh run) saw it.
         A checkpoint without a `LogPosition` (an older one) keeps the whole log, warning that rows past it
         may appear twice."""
+        if self._experiment is not None:
+            raise RuntimeError("RunLog.resume_from must be called before the log file is opened (before fit)")
         if checkpoint is None:
             self._position = None
             return
