@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from panderm.config import validate_config
 from panderm.io import atomic_write_json, atomic_write_text
 
 
@@ -34,7 +35,9 @@ def seed_everything(seed: int) -> None:
 
 
 def start_run(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> Path:
-    """Create the run folder, write the resolved `config.yaml` and seed everything from `cfg.seed`."""
+    """Check `cfg`'s values (`validate_config`: the Python API gets the command line's checks), create the run
+    folder, write the resolved `config.yaml` and seed everything from `cfg.seed`."""
+    validate_config(cfg)
     run_dir = Path(run_dir)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

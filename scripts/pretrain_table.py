@@ -179,7 +179,7 @@ def brightness_check(spec: str, manifest, image_size: int) -> float:
     x, _ = features(spec, manifest, "test", image_size)
     x = x - x.mean(0)
     pc1 = x @ np.linalg.svd(x, full_matrices=False)[2][0]
-    with np.load(DERMAMNIST) as data:
+    with np.load(DERMAMNIST, allow_pickle=False) as data:
         brightness = data["test_images"].reshape(len(x), -1).mean(1)
     return float(abs(np.corrcoef(pc1, brightness)[0, 1]))
 

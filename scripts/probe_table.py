@@ -109,7 +109,7 @@ def prepare_npz(name: str, source: Path, out: Path, limit: int | None, seed: int
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {}
-    with np.load(source) as data:
+    with np.load(source, allow_pickle=False) as data:
         for i, split in enumerate(SPLITS):
             labels = data[f"{split}_labels"]
             rows = subsample(labels, limit, seed + i)
@@ -200,7 +200,7 @@ def run_one(args: argparse.Namespace, dataset: str, npz: Path, source: str, prob
     start = time.perf_counter()
     metrics = run_probe(cfg, run_dir)
     seconds = time.perf_counter() - start
-    with np.load(npz) as data:
+    with np.load(npz, allow_pickle=False) as data:
         n_train = len(data["train_labels"])
     test = metrics["test"]
     values = test["values"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-from panderm.models.checkpoints import CheckpointError, load_weights, save_encoder
+from panderm.models.checkpoints import CheckpointError, load_torch_file, load_weights, save_encoder
 from panderm.pretrain.run import CHECKPOINTS, LAST, build_encoder
 
 ENCODER_PREFIX = "encoder."
@@ -27,12 +26,12 @@ def export_checkpoint(source: str | os.PathLike[str], out: str | os.PathLike[str
     for path in (ckpt, config_path):
         if not path.is_file():
             raise CheckpointError(f"{path}: not found (export takes a pretraining run folder or its .ckpt)")
+    checkpoint = load_torch_file(ckpt)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{ckpt}: no state_dict, so not a Lightning checkpoint of a pretraining run")
+    state = checkpoint["state_dict"]
     cfg = OmegaConf.load(config_path)
     encoder = build_encoder(cfg.encoder)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{ckpt}: cannot be read as a Lightning checkpoint ({exc})") from exc
     weights = {k.removeprefix(ENCODER_PREFIX): v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     load_weights(encoder, weights, strict=True, source=str(ckpt))
     recipe = OmegaConf.to_container(cfg, resolve=True)

@@ -15,6 +15,7 @@ from panderm.errors import CheckpointError
 from panderm.models.checkpoints import load_encoder
 from panderm.paths import config_dir
 from panderm.pretrain import methods
+from panderm.pretrain.export import export_checkpoint
 from panderm.pretrain.objectives import NonFiniteLossError
 from panderm.pretrain.run import run_pretrain
 from tests.killing import write_trapped_checkpoint
@@ -75,6 +76,17 @@ def test_resume_never_unpickles_code_from_the_run_folder(tmp_path, monkeypatch):
         run_pretrain(pretrain_config(tmp_path), tmp_path / "run")
     assert str(last) in str(info.value) and "delete it to start the run over" in str(info.value)
     assert not (tmp_path / "marker").exists()
+
+
+def test_export_never_unpickles_code(tmp_path, monkeypatch):
+    """`panderm export` of a run whose last.ckpt would run code: CheckpointError naming it, no code runs."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    run = tmp_path / "run"
+    last = write_trapped_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "marker")
+    (run / "config.yaml").write_text("encoder: {}\n")
+    with pytest.raises(CheckpointError, match="weights_only") as info:
+        export_checkpoint(run, tmp_path / "out")
+    assert str(last) in str(info.value) and not (tmp_path / "marker").exists()
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
