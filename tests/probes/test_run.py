@@ -188,3 +188,10 @@ def test_bad_probe_configurations_are_clear_errors(tmp_path, capsys):
         run_probe(probe_config(tmp_path, "subgroups=[hospital]"), tmp_path / "c")
     code = main(["probe", f"features={tmp_path / 'missing.npz'}", f"hydra.run.dir={tmp_path / 'd'}"])
     assert code == 1 and "missing.npz" in capsys.readouterr().err
+
+
+def test_python_api_checks_config_ranges_before_running(tmp_path):
+    """`run_probe` called from Python gets the command line's range checks (via `start_run`)."""
+    with pytest.raises(ConfigError, match=r"batch_size=0: must be a positive integer"):
+        run_probe(probe_config(tmp_path, "batch_size=0"), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "synthderm").exists()
