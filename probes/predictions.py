@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from panderm.errors import ProbeError
-from panderm.io import atomic_write
+from panderm.io import read_csv, write_csv
 from probes.metrics import MetricResult, check_probabilities, paired_bootstrap_difference
 
 __all__ = [
@@ -82,13 +82,14 @@ def write_predictions(
             if len(values) != n:
                 raise ProbeError(f"extra column {name!r} has {len(values)} entries but there are {n} samples")
             table[name] = np.asarray(values)
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    return write_csv(path, table)
 
 
 def read_predictions(path: str | os.PathLike[str], split: str | None = "test") -> pd.DataFrame:
     """A predictions CSV (from `write_predictions`) sorted by `filename`, the rows of `split` only when the
-    file has a `split` column; `prediction_proba(frame)` gives its (N, C) probabilities."""
-    frame = pd.read_csv(path)
+    file has a `split` column; `prediction_proba(frame)` gives its (N, C) probabilities. `filename` and
+    `split` read back as the text written (an id such as "0012" stays "0012")."""
+    frame = read_csv(path, text=("filename", "split"))
     if split is not None and "split" in frame:
         frame = frame[frame["split"] == split]
     return frame.sort_values("filename", kind="stable").reset_index(drop=True)
@@ -155,4 +156,4 @@ def write_summary(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]
     for row in rows:
         columns += [k for k in row if k not in columns]
     table = pd.DataFrame.from_records([dict(r) for r in rows], columns=columns)
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    return write_csv(path, table)

@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from readers.report import write_report
+from readers.schema import save_study
 from readers.simulate import roe_metz_study, simulate_ai_assisted
 
 MALIGNANT = ("melanoma", "bcc")  # SynthDerm's malignant classes; the rest are benign
@@ -72,7 +73,7 @@ def readers_stage(ctx: Any) -> None:
             "unaided, 1.6 aided) stands in for the AI-aided one. Full analysis: `readers/report.md`."
         )
     out = ctx.run_dir / "readers"
-    study.data.to_csv(out.with_suffix(".csv"), index=False)
+    save_study(study, out.with_suffix(".csv"))
     _, result = write_report(
         study, out, before="unaided", after="ai_aided", ai_score=ai_score, seed=ctx.cfg.seed
     )

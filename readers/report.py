@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from panderm.errors import DataError, PandermError
-from panderm.io import atomic_write_json
+from panderm.io import atomic_write_json, write_csv
 from panderm.report import Report
 from readers.metrics import answer_changes, reader_metrics
 from readers.mixed import mixed_model
@@ -113,7 +113,7 @@ def write_report(
     metrics: dict[str, Any] = {"source": study.source, "before": before, "after": after}
 
     def table(frame: pd.DataFrame, name: str, caption: str, shown: pd.DataFrame | None = None) -> None:
-        frame.to_csv(out / "tables" / f"{name}.csv", index=False)
+        write_csv(out / "tables" / f"{name}.csv", frame)
         report.table(frame if shown is None else shown, caption)
 
     def figure(path: Path, caption: str) -> None:

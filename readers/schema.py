@@ -8,6 +8,8 @@ accepted as an alias), `truth`, and any of `rating` (ordinal or probability, lar
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from panderm.errors import DataError, ManifestError
+from panderm.io import atomic_write, write_csv
 
 KEYS = ("reader", "case", "condition")
 REQUIRED = (*KEYS, "truth")
 OUTCOMES = ("rating", "response", "top_k", "confidence")
 _MAX_ROWS_SHOWN = 20
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ def _parse_top_k(value: object) -> tuple | None:
         return None
     if isinstance(value, str):
         return tuple(v.strip() for v in value.split("|") if v.strip())
+    if np.ndim(value) == 0:  # a lone label, such as a column of top-1 answers
+        return (_label(value),)
     return tuple(_label(v) for v in value)
 
 
@@ -184,30 +190,47 @@ def read_lrc(path: str | Path) -> pd.DataFrame:
     """Iowa/LABMRMC `.lrc` file as a long table `reader, condition, case, truth, rating`.
 
     Cases are numbered 1.. with negatives first; ratings of an "S" (smaller = more abnormal) treatment are
-    negated so that larger always means more likely positive.
+    negated so that larger always means more likely positive. Raises `DataError` naming the file and line
+    for a file that is not in this form.
     """
     path = Path(path)
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the .lrc file ({exc})") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines[1:] if ln]  # first line is the title
     rows: list[tuple] = []
     treatments: list[str] | None = None
     signs: list[float] | None = None
     i = 0
+
+    def line(what: str) -> str:
+        if i >= len(lines):
+            raise DataError(
+                f"{path}: the file ends where {what} should follow (a complete file ends with '#')"
+            )
+        return lines[i]
+
     while i < len(lines) and lines[i] != "#":
         reader = lines[i].strip('"')
         i += 1
-        if lines[i].startswith('"'):
+        if line(f"the ratings of reader {reader!r}").startswith('"'):
             treatments = [t.strip('"') for t in lines[i].split()]
             i += 1
-        if lines[i].split() and all(t.upper() in ("L", "S") for t in lines[i].split()):
+        if line(f"the ratings of reader {reader!r}").split() and all(
+            t.upper() in ("L", "S") for t in lines[i].split()
+        ):
             signs = [1.0 if t.upper() == "L" else -1.0 for t in lines[i].split()]
             i += 1
         if treatments is None:
             raise DataError(f"{path}: no treatment-name line before the ratings of reader {reader!r}")
+        if signs is not None and len(signs) != len(treatments):
+            raise DataError(f"{path}: {len(signs)} L/S signs for {len(treatments)} treatments ({treatments})")
         signs = signs or [1.0] * len(treatments)
         case = 0
         for truth in (0, 1):
-            while i < len(lines) and lines[i] != "*":
+            while line(f"'*' after the ratings of reader {reader!r}") != "*":
                 values = lines[i].split()[: len(treatments)]
                 try:
                     ratings = [float(v) * s for v, s in zip(values, signs, strict=True)]
@@ -221,12 +244,48 @@ def read_lrc(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).sort_values(["reader", "condition", "case"], ignore_index=True)
 
 
+def _ids(column: pd.Series) -> pd.Series:
+    """IDs read from a file as text: integers when every one is written as a plain integer (1, 2, -3), else
+    the text as written, so "007", "NA" or "1.0" keep their spelling."""
+    values = column.dropna()
+    if len(values) and all(isinstance(v, str) and _INTEGER.fullmatch(v) for v in values):
+        return column.map(lambda v: int(v) if isinstance(v, str) else v)
+    return column
+
+
+def _read_table(path: Path, sep: str, id_columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV/TSV study table: `id_columns` as written (see `_ids`; only an empty cell is missing), `top_k` as
+    text, other columns with pandas' inference, where cells such as NA or None are missing (as R writes
+    them)."""
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype={"top_k": str}, encoding="utf-8")
+        present = [c for c in dict.fromkeys(id_columns) if c in frame.columns]
+        if present:
+            exact = pd.read_csv(
+                path,
+                sep=sep,
+                usecols=present,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8",
+            )
+            for column in present:
+                frame[column] = _ids(exact[column])
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({exc})") from exc
+    return frame
+
+
 def load_study(
     path_or_frame: str | Path | pd.DataFrame, *, condition_column: str | None = None
 ) -> ReaderStudy:
     """Load and validate a reader study from a DataFrame, CSV, Parquet or `.lrc` file.
 
-    Raises `ManifestError` (a `DataError`) listing every problem, with the file and 1-based data rows.
+    In a CSV/TSV or `.lrc` file, `reader`, `case` and `condition` IDs keep their text as written ("007",
+    "NA") unless every ID of the column is a plain integer (then they are integers); `top_k` is text; other
+    columns get pandas' type inference, cells such as NA or None being missing. Raises `ManifestError` (a
+    `DataError`) listing every problem, with the file and 1-based data rows.
     """
     if isinstance(path_or_frame, pd.DataFrame):
         return ReaderStudy(_normalise(path_or_frame, condition_column, "<DataFrame>"), "<DataFrame>")
@@ -236,13 +295,38 @@ def load_study(
     suffix = path.suffix.lower()
     if suffix == ".lrc":
         frame = read_lrc(path)
+        frame[["reader", "condition"]] = frame[["reader", "condition"]].apply(_ids)
     elif suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
     elif suffix in (".csv", ".tsv", ".txt"):
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        ids = [*KEYS, "treatment", *([condition_column] if condition_column else [])]
+        frame = _read_table(path, "\t" if suffix == ".tsv" else ",", ids)
     else:
         raise DataError(f"{path}: unknown reader-study format {suffix!r} (use .csv, .tsv, .parquet or .lrc)")
     return ReaderStudy(_normalise(frame, condition_column, str(path)), str(path))
+
+
+def save_study(study: ReaderStudy, path: str | os.PathLike[str]) -> Path:
+    """Write `study.data` atomically as CSV (`panderm.io.write_csv`) or Parquet (by suffix), `top_k` lists as
+    "a|b|c" text, so that `load_study(path)` gives the same table back (top-k labels come back as text).
+
+    Raises `DataError` for another suffix, or for a top-k label that "a|b|c" text cannot carry (holding
+    "|", empty, or with spaces around it).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise DataError(f"{path}: a reader study is saved as .csv or .parquet, not {suffix!r}")
+    frame = study.data.copy()
+    if "top_k" in frame:
+        bad = {str(v) for labels in frame["top_k"].dropna() for v in labels}
+        bad = sorted(v for v in bad if "|" in v or not v or v.strip() != v)
+        if bad:
+            raise DataError(f"{path}: top_k label {bad[0]!r} cannot be written as 'a|b|c' text; rename it")
+        frame["top_k"] = frame["top_k"].map(lambda labels: "|".join(map(str, labels)), na_action="ignore")
+    if suffix == ".parquet":
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return write_csv(path, frame)
 
 
 def add_ai(
@@ -295,4 +379,4 @@ def conditions_pair(study: ReaderStudy, a: object, b: object) -> None:
         raise DataError(f"{study.source}: condition(s) {missing} not in {study.conditions}")
 
 
-__all__: Sequence[str] = ("ReaderStudy", "add_ai", "load_study", "read_lrc", "validate")
+__all__: Sequence[str] = ("ReaderStudy", "add_ai", "load_study", "read_lrc", "save_study", "validate")

@@ -7,7 +7,6 @@ Outputs in the run folder: `responses.jsonl` (the cache, unless `cache=` points 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,14 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from panderm.data.images import load_image
 from panderm.data.sources import load_data
 from panderm.errors import ConfigError, ManifestError
-from panderm.io import atomic_write_text
 from panderm.mllm.backends import Backend, GenerationSettings, build_backend
 from panderm.mllm.medrega import read_medrega
 from panderm.mllm.region_vqa import make_region_vqa
 from panderm.mllm.regions import parse_regions
 from panderm.mllm.requests import run_and_close
 from panderm.mllm.samples import TASKS, VQASample
-from panderm.mllm.scoring import headline, score_run
+from panderm.mllm.scoring import headline, score_run, write_predictions
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
 
@@ -117,10 +115,7 @@ def run_vqa(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         n_cached=sum(r.cached for r in results),
         headline=headline(metrics),
     )
-    atomic_write_text(
-        run_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    )
-    pd.DataFrame(rows).to_csv(run_dir / "predictions.csv", index=False)
+    write_predictions(run_dir, rows)
     write_metrics(run_dir, metrics)
     _report(cfg, run_dir, samples, rows, metrics)
     log.info("vqa: %d samples, %d failed; results in %s", len(samples), metrics["n_failed"], run_dir)

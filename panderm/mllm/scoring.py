@@ -8,10 +8,16 @@ gold answers are always MedRegA region text (our JSONL format).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from panderm.errors import DataError
+from panderm.io import read_csv, read_jsonl, write_csv, write_jsonl
 from panderm.mllm.answers import classification_scores, classify_free_text, closed_answer, vqa_scores
 from panderm.mllm.cache import CacheResult
 from panderm.mllm.evaluate import multi_box_scores, phrase_aware_scores, single_box_scores, token_scores
@@ -19,6 +25,20 @@ from panderm.mllm.regions import box_iou, parse_regions
 from panderm.mllm.samples import VQASample
 from panderm.mllm.text_metrics import report_text_scores
 
+PREDICTIONS = ("predictions.jsonl", "predictions.csv")
+# The text columns of a prediction row (`score_run` and its per-task scorers).
+TEXT_COLUMNS = (
+    "id",
+    "task",
+    "language",
+    "gold",
+    "response",
+    "status",
+    "error",
+    "extracted",
+    "parse_problems",
+    "report",
+)
 _REGION_TAGS = re.compile(r"<ref>.*?</ref>|<box>.*?</box>", re.DOTALL)
 
 
@@ -160,3 +180,21 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         if task == "classify":
             out[f"{task}/accuracy"] = m["accuracy"]
     return {k: v for k, v in out.items() if v is not None}
+
+
+def write_predictions(run_dir: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """Write `score_run`'s rows atomically as `predictions.jsonl` and `predictions.csv` in `run_dir`."""
+    jsonl, csv = (Path(run_dir) / name for name in PREDICTIONS)
+    return [write_jsonl(jsonl, rows), write_csv(csv, pd.DataFrame(list(rows)))]
+
+
+def read_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A `write_predictions` file back as a DataFrame: the JSONL as written; the CSV with its `TEXT_COLUMNS`
+    as written (a missing text, such as the reply of a failed call, reads as ""). `DataError` names the file
+    when it cannot be read."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return pd.DataFrame.from_records(read_jsonl(path))
+    if path.suffix == ".csv":
+        return read_csv(path, text=TEXT_COLUMNS)
+    raise DataError(f"{path}: predictions are .jsonl or .csv files, not {path.suffix!r}")

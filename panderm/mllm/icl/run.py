@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from panderm.data.sources import load_data
 from panderm.errors import ConfigError
+from panderm.io import write_csv
 from panderm.mllm.cache import CacheResult, ResponseCache
 from panderm.mllm.conversation import Conversation
 from panderm.mllm.icl import analysis
@@ -168,8 +169,8 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     }
     if cfg.judge.backend:
         metrics["judge"] = _judge(cfg, frame, cache_path)
-    frame.to_csv(run_dir / "results.csv", index=False)
-    analysis.per_problem(frame, strict=cfg.strict).to_csv(run_dir / "per_problem.csv", index=False)
+    write_csv(run_dir / "results.csv", frame)
+    write_csv(run_dir / "per_problem.csv", analysis.per_problem(frame, strict=cfg.strict))
     write_metrics(run_dir, metrics)
     report_icl(
         run_dir, frame, metrics, title=f"ICL: `{backend.model}` ({backend.name}), strategy {cfg.strategy}"

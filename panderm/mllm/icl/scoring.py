@@ -2,13 +2,13 @@
 
 Reads SMMILE's published result CSVs and panderm's own (CSV or JSONL, same columns). A file with an
 `is_correct` column is scored by it (MCQA) unless its `mode` column says `open`; otherwise `generated_answer`
-is compared with `true_answer`. Empty cells read as NaN and compare as the string "nan", as upstream. Rows
+is compared with `true_answer`. In SMMILE's files empty cells read as NaN and compare as the string "nan", as
+upstream; panderm's own files read back exactly as the run wrote them (see `read_results`). Rows
 whose model call failed (`status` = `failed`) are left out of every score and counted as `failed`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from collections.abc import Sequence
@@ -19,8 +19,16 @@ import numpy as np
 import pandas as pd
 
 from panderm.errors import DataError
+from panderm.io import read_csv, read_jsonl
 
 STATUSES = ("ok", "failed")
+# The text columns of panderm's results.csv (`panderm.mllm.icl.run.result_row` and the judge's columns).
+TEXT_COLUMNS = (
+    "problem_id", "final_question", "true_answer", "generated_answer", "full_response", "base_problem_id",
+    "strategy", "variant", "status", "error", "mode", "speciality", "modality", "answer_format",
+    "relevant_by", "noise_kind", "noise_source", "correct_option", "selected_option",
+    "extraction", "options", "judge_reply", "judge_status",
+)  # fmt: skip
 MODES = ("open", "mcqa")
 _DELETE_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _TRUTH = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
@@ -58,27 +66,15 @@ def _first_bad(df: pd.DataFrame, bad: pd.Series, column: str, expected: str) -> 
     return DataError(f"{source(df)}: row {position + 1}, column {column!r}: {value!r} is not {expected}")
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
-    # parsed line by line rather than with pd.read_json so that a broken line is named in the error
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {number} is not a JSON object")
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
 def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A result file (.csv or .jsonl) as a DataFrame, its path in `df.attrs["source"]`.
 
-    Requires `problem_id` and, unless the file has `is_correct`, `true_answer` and `generated_answer`.
-    Raises `DataError` naming the file (and the missing columns, or the broken line).
+    A CSV with panderm's `status` column (written by `panderm icl`) reads back exactly as written
+    (`panderm.io.read_csv`: its `TEXT_COLUMNS` as strings, an empty cell as ""), so it scores as the run did;
+    any other CSV (SMMILE's published results) is read as SMMILE's scorer reads it (pandas' defaults: empty
+    cells and strings such as "None" or "NA" become NaN). Requires `problem_id` and, unless the file has
+    `is_correct`, `true_answer` and `generated_answer`. Raises `DataError` naming the file (and the missing
+    columns, or the broken line).
     """
     path = Path(path)
     if not path.is_file():
@@ -86,11 +82,12 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         try:
-            df = pd.read_csv(path)
+            header = pd.read_csv(path, nrows=0, encoding="utf-8").columns
+            df = read_csv(path, text=TEXT_COLUMNS) if "status" in header else pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
     elif suffix == ".jsonl":
-        df = _read_jsonl(path)
+        df = pd.DataFrame.from_records(read_jsonl(path))
     else:
         raise DataError(f"{path}: unsupported result file type {path.suffix!r} (expected .csv or .jsonl)")
     df.attrs["source"] = str(path)
