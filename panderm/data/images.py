@@ -191,6 +191,23 @@ def decode_image(data: bytes, name: str | os.PathLike[str], *, mode: str = "RGB"
         return _as_mode(img, mode)
 
 
+def portable_image(data: bytes, name: str | os.PathLike[str]) -> tuple[bytes, str | None]:
+    """Encoded bytes that any decoder shows as `decode_image` does: `data` itself (and None) when it has no
+    EXIF rotation and 8-bit samples, else a PNG of `decode_image`'s RGB pixels (and "image/png"). What is sent
+    to a model server, which would otherwise see a phone photo unrotated or a 16-bit image clipped, in other
+    coordinates or pixels than every local loader. Raises `ImageLoadError` as `decode_image` does."""
+    with _open(data, name) as img:
+        try:
+            plain = _orientation(img) == 1 and img.mode not in DEEP_GREY_MODES
+        except _DECODE_ERRORS as exc:
+            raise ImageLoadError(name, f"unreadable EXIF data ({exc})") from exc
+    if plain:
+        return data, None
+    out = io.BytesIO()
+    Image.fromarray(decode_image(data, name)).save(out, format="PNG")
+    return out.getvalue(), "image/png"
+
+
 def _as_mode(img: Image.Image, mode: str) -> np.ndarray:
     return np.asarray(img if img.mode == mode else img.convert(mode))
 

@@ -22,7 +22,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from panderm.data.images import decode_image
+from panderm.data.images import decode_image, portable_image
 from panderm.errors import ConfigError, DataError, ImageLoadError
 
 Role = Literal["system", "user", "assistant"]
@@ -78,6 +78,13 @@ class ImagePart:
         if not self._decodes:
             _decode(self, "RGB")
         return self.bytes()
+
+    def request_image(self) -> tuple[bytes, str]:
+        """(bytes, MIME type) to send to a model server: `checked_bytes()`, re-encoded as PNG where other
+        decoders would show other pixels than panderm's (EXIF rotation, 16-bit samples;
+        `panderm.data.images.portable_image`)."""
+        data, mime = portable_image(self.checked_bytes(), self.where())
+        return data, mime or self.mime
 
     def sha256(self) -> str:
         """Hex sha256 of the image bytes (what identifies the image in `Conversation.canonical()`)."""

@@ -22,6 +22,7 @@ from panderm.data.images import (
     load_image,
     load_mask,
     max_image_pixels,
+    portable_image,
     probe_image,
 )
 from panderm.data.manifest import build_manifest
@@ -172,6 +173,24 @@ def test_jpeg_exif_orientation_is_applied(tmp_path: Path, orientation: int, turn
     assert np.abs(loaded.astype(int) - expected).mean() < 6  # JPEG's loss at the colour edges
     assert image_size(tagged) == (loaded.shape[1], loaded.shape[0])
     assert decode_image(tagged.read_bytes(), "x.jpg").shape == loaded.shape
+
+
+def test_portable_image_shows_other_decoders_what_panderm_decodes(tmp_path: Path) -> None:
+    """What a model server gets: plain 8-bit files unchanged; an EXIF-rotated JPEG and a 16-bit PNG as a PNG
+    that a decoder ignoring EXIF and bit depth (Pillow's plain convert) shows as `decode_image` does."""
+    plain = save_oriented(tmp_path / "plain.jpg", quadrants(), None, quality=95).read_bytes()
+    assert portable_image(plain, "plain.jpg") == (plain, None)
+    Image.fromarray(quadrants()).save(tmp_path / "plain.png")
+    png = (tmp_path / "plain.png").read_bytes()
+    assert portable_image(png, "plain.png") == (png, None)
+    Image.fromarray(grey16()).save(tmp_path / "grey16.png")
+    tagged = save_oriented(tmp_path / "tagged.jpg", quadrants(), 6, quality=95)
+    for source in (tagged, tmp_path / "grey16.png"):
+        data = source.read_bytes()
+        sent, mime = portable_image(data, source.name)
+        assert mime == "image/png"
+        with Image.open(io.BytesIO(sent)) as naive:
+            np.testing.assert_array_equal(np.asarray(naive.convert("RGB")), decode_image(data, source.name))
 
 
 def test_mask_exif_orientation_is_applied(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from panderm.cli import main
+from panderm.data.images import load_image
 from panderm.errors import DataError, ManifestError
 from panderm.mllm.icl.problems import load_problems
 from panderm.mllm.medrega import read_medrega
@@ -132,6 +133,26 @@ def test_vqa_opt_in_sends_a_real_image_but_never_a_non_image(files, chat_server,
     code, err = run_cli([*args, f"data={data}"], files["tmp"] / "bad", capsys)
     assert code == 1 and chat_server.requests == []
     assert "passwd" in err and "line 2" in err and "not an image" in err
+
+
+def test_a_rotated_phone_photo_reaches_the_server_as_panderm_sees_it(files, chat_server, capsys):
+    """A JPEG tagged EXIF "rotate 90" is sent as a PNG of the oriented pixels (a server ignoring EXIF would
+    otherwise see it landscape, in other coordinates than its boxes); an untagged image goes byte for byte."""
+    root = files["root"]
+    photo = np.zeros((8, 16, 3), np.uint8)
+    photo[:, 8:] = 250
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
+    Image.fromarray(photo).save(root / "phone.jpg", quality=95, exif=exif.tobytes())
+    data = vqa_file(root, ["phone.jpg", "inside.png"])
+    code, _ = run_cli([*openai_args(chat_server, "vqa"), f"data={data}"], files["tmp"] / "r", capsys)
+    assert code == 0
+    sent_bytes = sent_images(chat_server)
+    assert len(sent_bytes) == 2 and png(10) in sent_bytes
+    (rotated,) = [b for b in sent_bytes if b != png(10)]
+    with Image.open(io.BytesIO(rotated)) as sent:
+        assert sent.format == "PNG" and sent.size == (8, 16)  # portrait: width 8, height 16
+        np.testing.assert_array_equal(np.asarray(sent.convert("RGB")), load_image(root / "phone.jpg"))
 
 
 @pytest.mark.parametrize("backend", ["openai", "majority"])

@@ -7,7 +7,8 @@ The client makes exactly one attempt per request (``max_retries=0``): retries, b
 
 Request mapping: a system turn becomes ``{"role": "system", "content": str}``; a user turn a content list of
 ``{"type": "text"}`` and ``{"type": "image_url", "image_url": {"url": "data:<mime>;base64,..."}}`` parts in
-the rendered order (only bytes that decode as an image are encoded: `ImagePart.checked_bytes`); an
+the rendered order (only bytes that decode as an image are encoded, re-encoded as PNG where a server's
+decoder would show other pixels than panderm's: `ImagePart.request_image`); an
 assistant turn (e.g. an in-context demonstration) ``{"role": "assistant", "content": str}``. The token
 limit is sent as ``max_completion_tokens`` by default: OpenAI accepts it for every model (``max_tokens`` is
 deprecated there and rejected by reasoning models) and vLLM and SGLang accept it too; set
@@ -40,7 +41,7 @@ MAX_TOKENS_PARAMS = ("max_completion_tokens", "max_tokens")
 RESERVED_FIELDS = frozenset(
     {"model", "messages", "temperature", "top_p", "seed", "stream", "n", *MAX_TOKENS_PARAMS}
 )
-IMAGE_MEMO_SIZE = 256  # base64 strings kept (by image sha256) for reuse across in-context requests
+IMAGE_MEMO_SIZE = 256  # data URLs kept (by image sha256) for reuse across in-context requests
 
 
 class OpenAIBackend(Backend):
@@ -86,7 +87,7 @@ class OpenAIBackend(Backend):
         )
         self._completions = self._client.chat.completions  # resolve the lazy resource before threads use it
         self.base_url = str(self._client.base_url)
-        self._b64: ImageMemo[str] = ImageMemo(IMAGE_MEMO_SIZE)
+        self._urls: ImageMemo[str] = ImageMemo(IMAGE_MEMO_SIZE)
 
     def __repr__(self) -> str:
         return (
@@ -137,8 +138,7 @@ class OpenAIBackend(Backend):
         return {"role": "user", "content": content}
 
     def _data_url(self, part: ImagePart) -> str:
-        encoded = self._b64.get(part, lambda p: b64encode(p.checked_bytes()).decode("ascii"))
-        return f"data:{part.mime};base64,{encoded}"
+        return self._urls.get(part, _data_url)
 
     def _complete(self, conversation: Conversation) -> str:
         settings = self.settings
@@ -218,3 +218,9 @@ def _check_extra_body(extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"openai backend: extra_body must be JSON-serialisable ({exc})") from None
     return body
+
+
+def _data_url(part: ImagePart) -> str:
+    """The image as a base64 data URL of the bytes other decoders show as panderm does (`request_image`)."""
+    data, mime = part.request_image()
+    return f"data:{mime};base64,{b64encode(data).decode('ascii')}"
