@@ -26,7 +26,7 @@ import pandas as pd
 
 from panderm.data.images import image_kind, image_size, load_image, load_mask, probe_image
 from panderm.errors import DataError, ImageLoadError, ManifestError
-from panderm.io import atomic_write
+from panderm.io import atomic_write, write_csv
 from panderm.paths import resolve_under
 
 SPLITS = ("train", "val", "test")
@@ -166,7 +166,7 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.suffix == ".parquet":
         return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    return write_csv(path, table)
 
 
 def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> pd.DataFrame:
@@ -187,11 +187,12 @@ def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> 
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(
+        frame = pd.read_csv(
             path,
             dtype={"image": str, "mask": str, "patient_id": str, "bbox": str},
             encoding=encoding or "utf-8",
         )
+        return _names_as_written(path, frame, encoding or "utf-8")
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start : exc.start + 1].hex()
         raise DataError(
@@ -201,6 +202,24 @@ def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> 
         ) from exc
     except Exception as exc:  # pandas raises many types; the user needs the file name and the cause
         raise DataError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from exc
+
+
+def _names_as_written(path: Path, frame: pd.DataFrame, encoding: str) -> pd.DataFrame:
+    """`frame` with its patient IDs, and its labels unless they are numeric class codes, as the CSV spells
+    them: pandas reads cells such as "NA", "None" or "null" as missing, which would drop a class or a patient
+    of that name without a word; only an empty cell is missing. (In a column of codes such cells stay
+    missing, and a gap among codes is reported.)"""
+    columns = [c for c in ("label", "binary_label", "patient_id") if c in frame.columns]
+    if not columns:
+        return frame
+    exact = pd.read_csv(
+        path, usecols=columns, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding
+    )
+    for column in columns:
+        codes = pd.api.types.is_numeric_dtype(frame[column]) and bool(frame[column].notna().any())
+        if column == "patient_id" or not codes:
+            frame[column] = exact[column]
+    return frame
 
 
 def read_manifest(
