@@ -165,3 +165,14 @@ def test_save_study_refuses_top_k_labels_it_cannot_write(tmp_path: Path) -> None
     )
     with pytest.raises(DataError, match=r"top_k label 'a\|b'"):
         save_study(study, tmp_path / "s.csv")
+
+
+def test_ids_keep_their_spelling_and_a_column_of_single_top_k_labels_loads(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text(
+        "reader,case,condition,truth,top_k\nNA,007,u,0,1\nNA,008,u,1,2\n", encoding="utf-8"
+    )
+    study = load_study(tmp_path / "s.csv")  # pandas read reader "NA" as missing and case "007" as 7
+    assert study.readers == ["NA"] and study.cases == ["007", "008"]
+    assert study.data["top_k"].tolist() == [("1",), ("2",)]
+    frame = pd.DataFrame({"reader": "A", "case": [1, 2], "condition": "u", "truth": [0, 1], "top_k": [1, 0]})
+    assert load_study(frame).data["top_k"].tolist() == [(1,), (0,)]  # was TypeError: int is not iterable
