@@ -88,6 +88,7 @@ def _data_validate(args: argparse.Namespace) -> int:
         deep=args.deep,
         allow_outside_root=args.allow_outside_root,
         encoding=args.encoding,
+        mask_threshold=args.mask_threshold,
     )
     counts = ", ".join(f"{r.split} {r.images}" for r in split_table(manifest).itertuples())
     print(f"{args.manifest}: OK, {len(manifest)} images ({counts}); classes: {list(manifest.classes or [])}")
@@ -194,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--allow-outside-root", action="store_true", help="permit paths outside the root")
     validate.add_argument("--encoding", help=ENCODING_HELP)
+    validate.add_argument(
+        "--mask-threshold",
+        type=int,
+        choices=range(256),
+        metavar="0-255",
+        help="binarise masks that are not binary on purpose: foreground = value > threshold",
+    )
     validate.set_defaults(handler=_data_validate)
 
     synth = data_commands.add_parser("synth", help="generate a synthetic data set (images, masks, manifest)")

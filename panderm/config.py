@@ -41,7 +41,8 @@ class DataConfig:
     dicom, nifti) or the folder `panderm shard` wrote (shards: `<path>/<split>/` with shards and index.json,
     streamed by `panderm pretrain` only); `out_dir` is where generated or exported images go (default:
     `<run folder>/data/<name>`). `encoding` is the text encoding of a CSV manifest (default UTF-8; e.g.
-    `data.encoding=latin-1`).
+    `data.encoding=latin-1`). `mask_threshold` (0-255) binarises masks that are not binary on purpose
+    (foreground = value > threshold, e.g. JPEG masks); by default a mask must be binary.
     """
 
     source: DataSource = DataSource.synthderm
@@ -59,6 +60,7 @@ class DataConfig:
     deep_check: bool = False
     allow_outside_root: bool = False
     encoding: str | None = None
+    mask_threshold: int | None = None
 
 
 @dataclass
@@ -492,6 +494,7 @@ NON_NEGATIVE = Bound(lambda v: v >= 0, "must be >= 0")
 FRACTION = Bound(lambda v: 0 <= v <= 1, "must be in [0, 1]")
 FRACTION_BELOW_ONE = Bound(lambda v: 0 <= v < 1, "must be in [0, 1)")
 FRACTION_ABOVE_ZERO = Bound(lambda v: 0 < v <= 1, "must be in (0, 1]")
+GREY_LEVEL = Bound(lambda v: _integer(v) and 0 <= v <= 255, "must be an integer in 0..255")
 
 # The range of every numeric field, by field name: a name means the same thing in every schema (a new option
 # named `batch_size` or `lr` is checked without more code). None is not checked: `int | None` fields use it
@@ -516,6 +519,7 @@ VALUE_RANGES: dict[str, Bound] = {
     **dict.fromkeys(["warmup_fraction", "mask_ratio", "drop_path_rate", "max_failed_fraction"], FRACTION),
     **dict.fromkeys(["overlap", "betas"], FRACTION_BELOW_ONE),
     **dict.fromkeys(["layer_decay", "top_p"], FRACTION_ABOVE_ZERO),
+    "mask_threshold": GREY_LEVEL,
 }
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from panderm.cli import main
+from panderm.config import DataConfig, DataSource, validate_config
+from panderm.data.dataset import ManifestDataset
+from panderm.data.sources import load_data
+from panderm.errors import ConfigError
 from tests.data.helpers import small_folder, write_image, write_mask
 
 
@@ -127,3 +133,21 @@ def test_validate_deep_checks_masks(tmp_path, capsys):
     assert "2 problem(s)" in err
     assert "row 2: field 'mask'" in err and "mask is not binary" in err
     assert "row 5: field 'mask'" in err and "differs from image size" in err
+
+
+def test_a_grey_mask_is_binarised_only_on_purpose(tmp_path, capsys):
+    """A mask with grey levels (e.g. saved as JPEG) is refused with the command-line option that binarises
+    it; `--mask-threshold` / `data.mask_threshold` apply `value > threshold`, in validation and in loading."""
+    table = small_folder(tmp_path)
+    grey = write_image(tmp_path / "masks" / "img1_mask.png", mode="L", seed=1)
+    table.to_csv(tmp_path / "m.csv", index=False)
+    assert main(["data", "validate", str(tmp_path / "m.csv"), "--deep"]) == 1
+    assert "data.mask_threshold=127" in capsys.readouterr().err
+    assert main(["data", "validate", str(tmp_path / "m.csv"), "--deep", "--mask-threshold", "127"]) == 0
+    capsys.readouterr()
+    cfg = DataConfig(source=DataSource.manifest, path=str(tmp_path / "m.csv"), mask_threshold=127)
+    manifest = load_data(cfg, tmp_path)
+    loaded = ManifestDataset(manifest).load(1)["mask"]
+    np.testing.assert_array_equal(loaded, (np.asarray(Image.open(grey)) > 127).astype(np.uint8))
+    with pytest.raises(ConfigError, match=r"data.mask_threshold=300: must be an integer in 0..255"):
+        validate_config(DataConfig(mask_threshold=300), "data.")

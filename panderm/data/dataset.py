@@ -112,7 +112,8 @@ class ManifestDataset(Dataset):
             "id": self._ids[i],
         }
         if self._masks[i] is not None:
-            sample["mask"] = load_mask(self._masks[i], shape=image.shape[:2])
+            threshold = self.manifest.mask_threshold
+            sample["mask"] = load_mask(self._masks[i], shape=image.shape[:2], threshold=threshold)
         return sample
 
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any] | None:

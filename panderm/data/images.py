@@ -275,7 +275,8 @@ def binarise_mask(
             name,
             f"mask is not binary: {len(values)} distinct values ({shown}); a mask needs at most two values, "
             "one of them 0 (e.g. 0/255 or 0/1). Re-save it losslessly as PNG with only those values, or "
-            "pass threshold= (foreground = value > threshold) to binarise it on purpose",
+            "binarise it on purpose (foreground = value > threshold): data.mask_threshold=127 on the command "
+            "line, --mask-threshold 127 for `panderm data validate`, threshold= in Python",
         )
     return (mask > 0).astype(np.uint8)
 

@@ -91,6 +91,7 @@ class Manifest:
     classes: tuple[str, ...] | None
     source: str = "<memory>"
     allow_outside_root: bool = False
+    mask_threshold: int | None = None  # `load_mask`'s threshold: None = masks must be binary
 
     def __len__(self) -> int:
         return len(self.table)
@@ -231,9 +232,10 @@ def read_manifest(
     deep: bool = False,
     allow_outside_root: bool = False,
     encoding: str | None = None,
+    mask_threshold: int | None = None,
 ) -> Manifest:
     """Load and validate a manifest file; `root` defaults to the manifest's folder, `encoding` is a CSV's
-    text encoding (default UTF-8).
+    text encoding (default UTF-8), `mask_threshold` how its masks are binarised (`load_mask`).
 
     Raises `ManifestError` listing every problem (see `build_manifest`), or `DataError` if the file is
     unreadable.
@@ -248,6 +250,7 @@ def read_manifest(
         check_files=check_files,
         deep=deep,
         allow_outside_root=allow_outside_root,
+        mask_threshold=mask_threshold,
     )
 
 
@@ -260,6 +263,7 @@ def build_manifest(
     check_files: bool = True,
     deep: bool = False,
     allow_outside_root: bool = False,
+    mask_threshold: int | None = None,
 ) -> Manifest:
     """Normalise and validate a manifest table; raises `ManifestError` with every problem at once.
 
@@ -282,7 +286,9 @@ def build_manifest(
         table["label"] = label_codes
     if "bbox" in table:
         table["bbox"] = table["bbox"].map(_box_text)
-    manifest = Manifest(table, Path(os.path.abspath(root)), class_tuple, source, allow_outside_root)
+    manifest = Manifest(
+        table, Path(os.path.abspath(root)), class_tuple, source, allow_outside_root, mask_threshold
+    )
     problems += _check_rows(manifest, check_files=check_files, deep=deep)
     if problems:
         raise ManifestError(source, sorted(problems, key=_row_of))
@@ -433,7 +439,8 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
         records = table.to_dict("records") if deep else None
 
         def issues_of(item: tuple[int, int, dict[str, Path]]) -> list[tuple[str, Path, str]]:
-            return _file_issues(item[2], records[item[1]] if records else {}, deep=deep)
+            record = records[item[1]] if records else {}
+            return _file_issues(item[2], record, deep=deep, mask_threshold=manifest.mask_threshold)
 
         # File checks are I/O bound (and slow on network storage), so they run in a thread pool.
         with ThreadPoolExecutor(max_workers=PROBE_THREADS) as pool:
@@ -446,7 +453,7 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
 
 
 def _file_issues(
-    paths: dict[str, Path], record: dict[str, Any], *, deep: bool
+    paths: dict[str, Path], record: dict[str, Any], *, deep: bool, mask_threshold: int | None = None
 ) -> list[tuple[str, Path, str]]:
     """(field, path, reason) for each file of a row (`paths`: image and mask) that cannot be used. With `deep`
     every file is decoded, and the mask is loaded as `ManifestDataset` loads it for `panderm segment`
@@ -467,7 +474,7 @@ def _file_issues(
             shape: tuple[int, ...] = (height, width)
         else:
             shape = load_image(image, mode="L", **load_options(record)).shape[:2]
-        load_mask(paths["mask"], shape=(shape[0], shape[1]))
+        load_mask(paths["mask"], shape=(shape[0], shape[1]), threshold=mask_threshold)
     except ImageLoadError as exc:
         field = "mask" if exc.path == str(paths["mask"]) else "image"
         issues.append((field, paths[field], exc.reason))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,14 @@ SKIPPED_IMAGES = "skipped_images.csv"
 
 def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> Manifest:
     """Build the manifest that `cfg` describes; generated/exported images go to `cfg.out_dir` or
-    `<workdir>/data/<cfg.name>`. Raises `ConfigError` for a missing `path`, `ManifestError` for bad rows."""
+    `<workdir>/data/<cfg.name>`; its masks are binarised by `cfg.mask_threshold`. Raises `ConfigError` for a
+    missing `path`, `ManifestError` for bad rows."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(cfg)
+    return replace(_read(cfg, workdir), mask_threshold=cfg.mask_threshold)
+
+
+def _read(cfg: DataConfig, workdir: str | os.PathLike[str]) -> Manifest:
     source = DataSource(cfg.source)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(workdir) / "data" / cfg.name
     classes = list(cfg.classes) if cfg.classes else None
@@ -50,6 +56,7 @@ def load_data(cfg: DataConfig | DictConfig, workdir: str | os.PathLike[str]) -> 
             deep=cfg.deep_check,
             allow_outside_root=cfg.allow_outside_root,
             encoding=cfg.encoding,
+            mask_threshold=cfg.mask_threshold,
         )
     from panderm.data import readers
 
