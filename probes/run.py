@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from panderm.data.sources import SKIPPED_IMAGES, load_data
 from panderm.errors import ConfigError, ProbeError
+from panderm.io import write_csv
 from panderm.models.classifier import save_classifier
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
@@ -107,7 +108,7 @@ def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> d
     manifest = load_data(cfg.data, run_dir)
     if not manifest.has_labels:
         raise ProbeError(f"{manifest.source}: the manifest has no labels to probe")
-    encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed)
+    encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed, strict=cfg.encoder_strict)
     splits = [s for s in ("train", "val", "test") if (manifest.table["split"] == s).any()]
     return cached_features(
         encoder,
@@ -174,7 +175,7 @@ def evaluate_predictions(
     result["subgroups"] = {}
     for column in subgroups:
         frame = subgroup_metrics(y, proba, test.meta[column].to_numpy(), column=column)
-        frame.to_csv(run_dir / f"subgroups_{column}.csv", index=False)
+        write_csv(run_dir / f"subgroups_{column}.csv", frame)
         result["subgroups"][column] = {"gaps": subgroup_gaps(frame), "table": f"subgroups_{column}.csv"}
         report.table(frame, f"Metrics per {column}")
     if plots:
@@ -221,7 +222,7 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
         proba, recipe, fitted = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
         metrics["recipe"] = recipe
         if fitted is not None and not cfg.features:  # a saved model the MLLM expert backend can answer with
-            encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed)
+            encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed, strict=cfg.encoder_strict)
             model = fitted.to_classifier(encoder, classes, pooling=cfg.pooling)
             metrics["classifier"] = str(save_classifier(model, run_dir / CLASSIFIER, recipe=recipe))
         metrics["test"] = evaluate_predictions(
@@ -242,7 +243,7 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
             options = {**dict(zip(("val_x", "val_y"), sets["val"].tensors(device), strict=True)), **options}
         _check_options(CURVES[name], name, options)
         curve = CURVES[name](*train, *test, num_classes=len(classes), seed=cfg.seed, **options)
-        curve.to_csv(run_dir / CURVE_TABLE, index=False)
+        write_csv(run_dir / CURVE_TABLE, curve)
         metrics["curve"] = curve.to_dict(orient="records")
         report.table(curve, f"{name} on the test split (mean ± std)")
         if cfg.plots:

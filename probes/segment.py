@@ -23,7 +23,7 @@ from panderm.data.manifest import Manifest
 from panderm.data.sources import SKIPPED_IMAGES, load_data
 from panderm.data.transforms import model_input_transform
 from panderm.errors import ConfigError, ProbeError
-from panderm.io import atomic_write
+from panderm.io import atomic_write, write_csv
 from panderm.models.seg_heads import (
     SegmentationModel,
     build_segmentation_model,
@@ -53,7 +53,9 @@ def build_model(cfg: DictConfig) -> SegmentationModel:
     """The model to train: `cfg.encoder` (any `load_probe_encoder` spec) + `cfg.head`, frozen or trainable."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {MODES}")
-    encoder = load_probe_encoder(cfg.encoder, image_size=cfg.image_size, seed=cfg.seed)
+    encoder = load_probe_encoder(
+        cfg.encoder, image_size=cfg.image_size, seed=cfg.seed, strict=cfg.encoder_strict
+    )
     frozen = cfg.mode == "frozen"
     if not frozen:
         encoder.requires_grad_(True).train()
@@ -281,7 +283,7 @@ def run_segment(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, A
         raise ProbeError(
             f"none of predict.splits={list(cfg.predict.splits)} is in the data (splits: {sorted(counts)})"
         )
-    pd.concat(tables, ignore_index=True).to_csv(run_dir / PER_IMAGE, index=False)
+    write_csv(run_dir / PER_IMAGE, pd.concat(tables, ignore_index=True))
     write_metrics(run_dir, metrics)
     sizes = ", ".join(f"{s} {c['with_mask']}/{c['images']}" for s, c in counts.items())
     report.text(
