@@ -288,6 +288,8 @@ class ProbeConfig:
 
     seed: int = 0
     encoder: str | None = "random:vit_tiny/8@64"
+    # false: load the encoder checkpoint's matching tensors and log the rest (missing, unexpected, reshaped)
+    encoder_strict: bool = True
     features: str | None = None
     pooling: str = "cls"
     batch_size: int = 64
@@ -336,6 +338,8 @@ class SegmentConfig:
 
     seed: int = 0
     encoder: str = "random:vit_tiny/8@64"
+    # false: load the encoder checkpoint's matching tensors and log the rest (missing, unexpected, reshaped)
+    encoder_strict: bool = True
     head: str = "linear"
     mode: str = "frozen"
     layers: list[int] | None = None

@@ -314,7 +314,8 @@ def _load_timm_weights(model: nn.Module, path: Path, *, strict: bool) -> None:
     if (missing or unexpected) and strict:
         raise CheckpointError(
             f"{path}: weights do not fit timm model: {len(missing)} missing key(s) {missing[:10]}, "
-            f"{len(unexpected)} unexpected key(s) {unexpected[:10]} (pass strict=False to load anyway)"
+            f"{len(unexpected)} unexpected key(s) {unexpected[:10]} (encoder_strict=false on the "
+            "command line, strict=False in Python, loads the matching tensors anyway)"
         )
     try:
         model.load_state_dict(state, strict=False)

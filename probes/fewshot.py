@@ -115,7 +115,7 @@ def sample_episode(
         detail = ", ".join(f"class {c}: {counts[c]}" for c in short)
         raise ProbeError(
             f"{n_shot}-shot episode: too few training rows ({detail}); use fewer shots"
-            + ("" if cap else " or cap=True to take all rows of a short class")
+            + ("" if cap else " or probe.options.cap=true (cap=True in Python) to take all of a short class")
         )
     picks = []
     for c in range(num_classes):
@@ -205,7 +205,8 @@ def run_fewshot(
     if infeasible:
         raise ProbeError(
             f"shots {infeasible} cannot be drawn: the smallest class has {counts.min()} training rows "
-            f"(class {int(counts.argmin())}); drop those shots, or pass cap=True"
+            f"(class {int(counts.argmin())}); drop those shots, or set "
+            "probe.options.cap=true (cap=True in Python)"
         )
     metric_fn = metric_fn or default_metrics
     y_true = qy.cpu().numpy()

@@ -149,7 +149,8 @@ def validate_probe_inputs(
         elif missing and not allow_missing_classes:
             problems.append(
                 f"{fit_split}: class(es) {missing} have no samples (num_classes={num_classes}); add samples, "
-                "or pass allow_missing_classes=True to give them probability 0"
+                "or set probe.options.allow_missing_classes=true (allow_missing_classes=True in Python) to "
+                "give them probability 0"
             )
         elif missing:
             logger.warning(

@@ -37,7 +37,8 @@ def _positive(study: ReaderStudy, positive: object | None) -> object:
     if pos not in set(study.truth):
         classes = sorted(map(str, set(study.truth)))
         raise ConfigError(
-            f"positive={pos!r} is not a truth class of {study.source} ({classes}); pass positive="
+            f"positive={pos!r} is not a truth class of {study.source} ({classes}); name one with "
+            "--positive (positive= in Python)"
         )
     return pos
 
@@ -68,7 +69,7 @@ def correct(
     """
     data = study.data
     if threshold is None:
-        _need(study, "response", "correctness (or pass threshold= to call ratings)")
+        _need(study, "response", "correctness (or --threshold / threshold= to call ratings)")
         return (data["response"] == data["truth"]).astype(float).where(data["response"].notna())
     call = calls(study, positive=positive, threshold=threshold)
     truth_pos = (data["truth"] == _positive(study, positive)).astype(float)

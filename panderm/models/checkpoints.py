@@ -269,7 +269,8 @@ def load_weights(
     if strict and not report.clean:
         raise CheckpointError(
             "\n  ".join([f"{source}: checkpoint does not fit the encoder", *report.problems()])
-            + "\n  (pass strict=False to load the matching tensors anyway)",
+            + "\n  (encoder_strict=false on the command line, strict=False in Python, loads the matching "
+            "tensors anyway)",
             report,
         )
     # Only the matched tensors go to torch; the comparison above already accounted for the rest.
@@ -375,7 +376,8 @@ def verified_weights(path: PathLike, meta: Mapping[str, Any], *, verify_hash: bo
     if verify_hash and meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
         raise CheckpointError(
             f"{weights}: sha256 differs from the one recorded in {meta_path.name}; the weights were replaced "
-            "or damaged after saving (pass verify_hash=False to load them anyway)"
+            "or damaged after saving: export or copy them again (verify_hash=False in Python loads them "
+            "anyway)"
         )
     return weights
 

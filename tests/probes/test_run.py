@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -16,9 +17,11 @@ from panderm.cli import main
 from panderm.config import register_configs
 from panderm.data.images import load_image
 from panderm.data.transforms import eval_transform
-from panderm.errors import ConfigError
+from panderm.errors import CheckpointError, ConfigError
+from panderm.models.checkpoints import save_encoder
 from panderm.models.classifier import load_classifier
 from panderm.paths import config_dir
+from probes.encoders import load_probe_encoder
 from probes.run import run_probe
 
 
@@ -195,3 +198,21 @@ def test_python_api_checks_config_ranges_before_running(tmp_path):
     with pytest.raises(ConfigError, match=r"batch_size=0: must be a positive integer"):
         run_probe(probe_config(tmp_path, "batch_size=0"), tmp_path / "run")
     assert not (tmp_path / "run").exists() and not (tmp_path / "synthderm").exists()
+
+
+def test_encoder_strict_false_loads_a_checkpoint_with_extra_keys(tmp_path, caplog):
+    """A checkpoint holding a key the encoder lacks fails naming the command-line switch; with
+    `encoder_strict=false` the matching tensors load and the probe runs."""
+    weights = save_encoder(load_probe_encoder("random:vit_tiny/8@32,depth=2"), tmp_path / "enc")
+    tensors = safetensors.torch.load_file(weights)
+    tensors["projection.weight"] = torch.zeros(2)
+    safetensors.torch.save_file(tensors, weights)
+    meta = weights.with_suffix(".json")
+    recorded = json.loads(meta.read_text())
+    meta.write_text(json.dumps({k: v for k, v in recorded.items() if k != "weights_sha256"}))
+    with pytest.raises(CheckpointError, match="encoder_strict=false on the command line"):
+        run_probe(probe_config(tmp_path, f"encoder={weights}"), tmp_path / "strict")
+    loose = probe_config(tmp_path, f"encoder={weights}", "encoder_strict=false")
+    saved = run_probe(loose, tmp_path / "loose")
+    assert 0 <= saved["test"]["values"]["balanced_accuracy"] <= 1
+    assert "projection.weight" in caplog.text

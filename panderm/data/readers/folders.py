@@ -490,7 +490,10 @@ def _isic_year(root: Path, year: int | None) -> int:
             f"ISIC-2017_Training_Data/); entries: {_listing(sorted(names))}"
         )
     if len(present) > 1:
-        raise DataError(f"{root}: ISIC {present} folders are all present; pass year= to choose one")
+        raise DataError(
+            f"{root}: ISIC {present} folders are all present; point data.path at "
+            "a folder holding one year, or pass year= in Python"
+        )
     return present[0]
 
 

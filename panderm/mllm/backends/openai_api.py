@@ -197,7 +197,8 @@ def _read_key(api_key_env: str | None) -> str:
     if not key:
         raise ConfigError(
             f"openai backend: environment variable {api_key_env} (api_key_env) is not set or empty; "
-            "export the API key there, or pass api_key_env=None for a server that needs no key"
+            "export the API key there, or set backend.options.api_key_env=null (api_key_env=None in Python) "
+            "for a server that needs no key"
         )
     return key
 
