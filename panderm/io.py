@@ -9,11 +9,12 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from panderm.errors import DataError
+
+if TYPE_CHECKING:  # pandas is imported where a table is read or written: this module is imported everywhere
+    import pandas as pd
 
 
 @contextmanager
@@ -91,6 +92,8 @@ def read_csv(path: str | os.PathLike[str], text: Collection[str] | bool = ()) ->
     or ``nan`` as missing, and ``01`` in a numeric-looking column as 1. Raises `DataError` naming the file
     when it is missing, not UTF-8 or not a CSV table.
     """
+    import pandas as pd
+
     path = Path(path)
     dtype: Any = str if text is True else {column: str for column in (text or ())}
     try:
