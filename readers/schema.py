@@ -273,7 +273,8 @@ def _read_table(path: Path, sep: str, id_columns: Sequence[str]) -> pd.DataFrame
             for column in present:
                 frame[column] = _ids(exact[column])
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({exc})") from exc
+        kind = "TSV" if sep == "\t" else "CSV"
+        raise DataError(f"{path}: not a readable {kind} table ({exc})") from exc
     return frame
 
 
