@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from panderm.errors import ConfigError, DataError, ManifestError
-from panderm.io import atomic_write_text
+from panderm.io import atomic_write_text, jsonl_line
 from panderm.mllm.conversation import Conversation, ImagePart, Part, TextPart, Turn
 from panderm.mllm.regions import parse_regions
 from panderm.mllm.samples import TASKS, VQASample
@@ -235,7 +235,7 @@ def read_medrega(
         raise ConfigError(f"task={task!r} is not one of {', '.join(TASKS)}")
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # U+2028 & co. may sit inside JSON strings
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read MedRegA JSONL ({exc})") from exc
     root = Path(image_root) if image_root is not None else path.parent
@@ -365,7 +365,7 @@ def write_medrega(
     for sample in samples:
         record = _to_record(sample, root)
         try:
-            lines.append(json.dumps(record, ensure_ascii=False))
+            lines.append(jsonl_line(record))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"sample {sample.id}: meta is not JSON-serialisable ({exc})") from exc
-    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return atomic_write_text(path, "".join(lines))

@@ -228,4 +228,9 @@ def _replies(backend: Backend, conversations: list[Conversation]) -> list[str]:
             f"{backend.name} backend returned {len(replies)} replies for {len(conversations)} conversations "
             f"(expected one str each): {replies!r:.200}"
         )
-    return replies
+    return [_LONE_SURROGATE.sub("\ufffd", reply) for reply in replies]
+
+
+# A JSON reply may escape half of a UTF-16 pair ("\ud83d" alone): Python keeps it, but no UTF-8 file (cache,
+# predictions, results) can hold it, so it becomes the replacement character once, here, for every writer.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")

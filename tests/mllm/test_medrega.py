@@ -264,3 +264,14 @@ def test_write_rejects_what_medrega_cannot_hold(sample: VQASample, match: str, t
     with pytest.raises(ConfigError, match=match):
         write_medrega([sample], tmp_path / "x.jsonl")
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_line_separators_inside_text_round_trip(tmp_path: Path) -> None:
+    """U+2028/U+2029/U+0085 are line breaks to str.splitlines but only text inside a JSON string."""
+    record = _record(1, question="Is it\u2028benign\u0085or\u2029not?")
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    (sample,) = read_medrega(path)
+    out = write_medrega([sample], tmp_path / "o.jsonl")
+    assert "\u2028" not in out.read_text(encoding="utf-8")  # escaped: any JSONL reader splits it right
+    assert _lines(out) == [record]

@@ -160,3 +160,19 @@ def test_images_that_do_not_decode_are_refused_before_any_request(tmp_path):
         run_requests(backend, bad, cache)
     assert "file.csv row 4" in str(err.value) and "not an image" in str(err.value)
     assert backend.calls == [] and not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_lone_surrogate_in_a_reply_is_replaced_once_for_every_writer(tmp_path):
+    """A reply holding half a UTF-16 pair (JSON may escape one) is cached and returned with U+FFFD instead
+    of crashing the UTF-8 cache; the rest of the text is kept."""
+
+    class HalfEmoji(Scripted):
+        def generate(self, conversations):
+            return ["ok \ud83d done" for _ in conversations]
+
+    with ResponseCache(tmp_path / "c.jsonl") as cache:
+        (result,) = run_requests(HalfEmoji(), convs("a"), cache)
+    assert result.status == "ok" and result.response == "ok \ufffd done"
+    with ResponseCache(tmp_path / "c.jsonl") as cache:
+        (again,) = run_requests(HalfEmoji(), convs("a"), cache)
+    assert again.cached and again.response == "ok \ufffd done"

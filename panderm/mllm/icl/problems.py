@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from panderm.errors import DataError, ManifestError
+from panderm.io import read_csv, read_jsonl, write_csv, write_jsonl
 from panderm.mllm.conversation import ImagePart
 from panderm.paths import resolve_under
 
@@ -63,11 +64,24 @@ class ProblemSet:
     source: Path
 
 
+# Read as written: a question, answer or id such as "None", "NA" or "007" stays that text.
+TEXT_COLUMNS = (
+    "problem_id",
+    "question",
+    "answer",
+    "image",
+    "image_url",
+    "speciality",
+    "modality",
+    "answer_format",
+)
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     readers = {
-        ".csv": pd.read_csv,
+        ".csv": lambda p: read_csv(p, text=TEXT_COLUMNS),
         ".parquet": pd.read_parquet,
-        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".jsonl": lambda p: pd.DataFrame(read_jsonl(p)),
         ".json": pd.read_json,
     }
     if not path.is_file():
@@ -228,7 +242,5 @@ def write_problems(problems: Sequence[ICLProblem], path: str | os.PathLike[str])
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
     if path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-    return path
+        return write_csv(path, frame)
+    return write_jsonl(path, frame.to_dict("records"))

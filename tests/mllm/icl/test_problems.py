@@ -131,3 +131,17 @@ def test_synthderm_problems(tmp_path: Path) -> None:
     assert load_problems(again).problems == tuple(problems)  # deterministic for a seed
     other = load_problems(make_icl_problems(manifest, tmp_path / "other.jsonl", n_problems=12, seed=1))
     assert other.problems != tuple(problems)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_text_cells_round_trip_as_written(tmp_path: Path, suffix: str) -> None:
+    """Answers, questions and ids such as "None", "NA", "007", a lone \\r or U+2028 come back as written."""
+    frame = smmile_rows(tmp_path).iloc[:3]
+    frame = frame.assign(problem_id="007", question="None\rof\u2028these?", answer=["NA", "None", "null"])
+    frame.to_csv(tmp_path / "problems.csv", index=False, lineterminator="\r\n")
+    loaded = load_problems(tmp_path / "problems.csv")
+    (problem,) = loaded.problems
+    assert problem.problem_id == "007" and problem.query.question == "None\rof\u2028these?"
+    assert [e.answer for e in (*problem.demos, problem.query)] == ["None", "null", "NA"]  # by order 1, 2, 3
+    again = load_problems(write_problems(loaded.problems, tmp_path / f"ours{suffix}"))
+    assert again.problems == loaded.problems
