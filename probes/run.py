@@ -108,6 +108,12 @@ def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> d
     manifest = load_data(cfg.data, run_dir)
     if not manifest.has_labels:
         raise ProbeError(f"{manifest.source}: the manifest has no labels to probe")
+    if unlabeled := manifest.unlabeled_rows():
+        shown = ", ".join(map(str, unlabeled[:10])) + (", ..." if len(unlabeled) > 10 else "")
+        raise ProbeError(
+            f"{manifest.source}: {len(unlabeled)} row(s) without a label (rows {shown}): a probe trains and "
+            "scores on labeled rows only; give them their class or drop them from the manifest"
+        )
     encoder = load_probe_encoder(cfg.encoder, seed=cfg.seed, strict=cfg.encoder_strict)
     splits = [s for s in ("train", "val", "test") if (manifest.table["split"] == s).any()]
     return cached_features(

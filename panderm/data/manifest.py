@@ -104,6 +104,12 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.classes or ())
 
+    def unlabeled_rows(self) -> list[int]:
+        """Source-file row numbers (1-based) of the rows without a label."""
+        if "label" not in self.table:
+            return self.table["row"].tolist()
+        return self.table.loc[self.table["label"].isna(), "row"].tolist()
+
     def subset(self, split: str | None = None, rows: np.ndarray | None = None) -> Manifest:
         """Rows of one split (or the given boolean/positional selection), keeping root and classes."""
         table = self.table
@@ -354,21 +360,13 @@ def _normalise_labels(
 ) -> tuple[pd.Series | None, tuple[str, ...] | None]:
     """Map labels to integer codes: class names look up `classes`; integers must lie in 0..n_classes-1.
 
-    An empty label leaves its row unlabeled, except in a float column (integer codes with NaN holes, as pandas
-    reads a numeric column with gaps) whose other rows are labeled: there NaN is taken for a lost label, which
-    a probe would otherwise meet later without a row number.
+    An empty label (NaN in a numeric column) leaves its row unlabeled: pretraining uses such rows, and a
+    command that needs labels names the unlabeled rows it was given (`unlabeled_rows`).
     """
     if "label" not in table:
         return None, _class_tuple(classes)
     text = table["label"].astype("string").str.strip()
     present = text.notna() & (text != "")
-    if pd.api.types.is_float_dtype(table["label"]) and bool(present.any()):
-        for row in table.loc[~present, "row"]:
-            problems.append(
-                f"row {row}: field 'label': NaN in a numeric label column whose other rows have labels; give "
-                "it its class code or drop the row (to leave rows unlabeled on purpose, write the labels as "
-                "class names, or store them as nullable integers in Parquet)"
-            )
     values = text[present]
     numeric = pd.to_numeric(values, errors="coerce")
     class_tuple = _class_tuple(classes)

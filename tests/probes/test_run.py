@@ -17,12 +17,13 @@ from panderm.cli import main
 from panderm.config import register_configs
 from panderm.data.images import load_image
 from panderm.data.transforms import eval_transform
-from panderm.errors import CheckpointError, ConfigError
+from panderm.errors import CheckpointError, ConfigError, ProbeError
 from panderm.models.checkpoints import save_encoder
 from panderm.models.classifier import load_classifier
 from panderm.paths import config_dir
 from probes.encoders import load_probe_encoder
 from probes.run import run_probe
+from tests.data.helpers import small_folder
 
 
 def probe_config(tmp_path, *overrides: str):
@@ -216,3 +217,15 @@ def test_encoder_strict_false_loads_a_checkpoint_with_extra_keys(tmp_path, caplo
     saved = run_probe(loose, tmp_path / "loose")
     assert 0 <= saved["test"]["values"]["balanced_accuracy"] <= 1
     assert "projection.weight" in caplog.text
+
+
+def test_rows_without_a_label_are_named_before_any_encoding(tmp_path):
+    """A lost label (NaN among integer codes) stops the probe up front, naming the manifest row."""
+    table = small_folder(tmp_path / "data")
+    table["label"] = table["label"].map({"nevus": 0, "melanoma": 1}).astype(float)
+    table.loc[3, "label"] = np.nan
+    table.to_csv(tmp_path / "data" / "m.csv", index=False)
+    overrides = ["data=manifest", f"data.path={tmp_path / 'data' / 'm.csv'}"]
+    with pytest.raises(ProbeError, match=r"1 row\(s\) without a label \(rows 4\)"):
+        run_probe(probe_config(tmp_path, *overrides), tmp_path / "run")
+    assert not (tmp_path / "cache").exists()
