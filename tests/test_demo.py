@@ -161,7 +161,7 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
     table.to_csv(tmp_path / "data" / "manifest.csv", index=False)
     common = ["data=manifest", f"data.path={tmp_path / 'data' / 'manifest.csv'}", "radiology.n_patients=40"]
     common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false", "probe.enabled=false"]
-    common += ["segment.enabled=false"]
+    common += ["segment.enabled=false", "vqa.enabled=false", "icl.enabled=false", "readers.enabled=false"]
 
     failed = run_demo(tmp_path / "strict", *common)
     assert failed.returncode == 1
