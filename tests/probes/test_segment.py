@@ -330,6 +330,7 @@ def test_bad_segment_configurations_are_clear_errors(tmp_path, capsys, override,
 
 def test_timm_encoder_trains_saves_and_reloads(tmp_path):
     overrides = ["encoder=timm:vit_tiny_patch16_224", "image_size=32", "head=unetr", "trainer.max_epochs=1"]
+    overrides.append("+head_options.feature_size=8")  # the smallest UNETR decoder: the test is about timm
     first = tmp_path / "first"
     run_segment(segment_config(tmp_path, *overrides, "predict.splits=[test]"), first)
     again = tmp_path / "again"
