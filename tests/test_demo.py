@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from panderm.cli import main
 from panderm.data.manifest import read_manifest
 from panderm.demo import random_encoder_spec
 from probes.run import run_probe
@@ -149,7 +150,7 @@ def check_icl_stage(run_dir, report, metrics):
     assert recency["summary"]["recency"]["gap"] == 0
 
 
-def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
+def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path, capsys):
     table = small_folder(tmp_path / "data")
     write_truncated_jpeg(tmp_path / "data" / "images" / "broken.jpg")
     table.loc[len(table)] = {
@@ -163,12 +164,12 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path):
     common += ["pretrain.max_epochs=1", "pretrain.progress_bar=false", "probe.enabled=false"]
     common += ["segment.enabled=false", "vqa.enabled=false", "icl.enabled=false", "readers.enabled=false"]
 
-    failed = run_demo(tmp_path / "strict", *common)
-    assert failed.returncode == 1
-    assert "broken.jpg: unreadable image" in failed.stderr
+    # in-process (test_default_demo runs the command as a subprocess)
+    assert main(["demo", f"hydra.run.dir={tmp_path / 'strict'}", *common]) == 1
+    assert "broken.jpg: unreadable image" in capsys.readouterr().err
 
-    skipped = run_demo(tmp_path / "lenient", *common, "data.on_bad_image=skip")
-    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    lenient = main(["demo", f"hydra.run.dir={tmp_path / 'lenient'}", *common, "data.on_bad_image=skip"])
+    assert lenient == 0, capsys.readouterr().err[-3000:]
     listed = pd.read_csv(tmp_path / "lenient" / "skipped_images.csv")
     assert listed["path"].tolist() == [str(tmp_path / "data" / "images" / "broken.jpg")]
     metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import runpy
 import sys
 
 import pandas as pd
@@ -13,26 +13,22 @@ from tests.conftest import REPO, shared_path
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_segmentation_table_script_runs_on_isic_and_ph2(tmp_path):
+def test_segmentation_table_script_runs_on_isic_and_ph2(tmp_path, monkeypatch):
     isic, ph2 = shared_path("isic2017_seg_256"), shared_path("ph2")
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "segmentation_table.py"),
-        f"--isic={isic}",
-        f"--ph2={ph2}",
-    ]
+    script = str(REPO / "scripts" / "segmentation_table.py")
+    command = [script, f"--isic={isic}", f"--ph2={ph2}"]
     command += [
         "--limit=12",
         "--epochs=1",
         "--pretrain-epochs=1",
-        "--heads=linear,unetr",
+        "--heads=linear",  # one head: the head loop is the script's, the heads are tested in test_segment
         "--no-plots",
         f"--out={tmp_path}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", command)
+    runpy.run_path(script, run_name="__main__")  # in-process: the imports are the test worker's
     table = pd.read_csv(tmp_path / "segmentation_table.csv")
-    methods = {f"{h} head, {s}" for h in ("linear", "unetr") for s in ("pretrained", "random init")}
+    methods = {f"linear head, {s}" for s in ("pretrained", "random init")}
     methods |= {"baseline: centre ellipse", "baseline: Otsu"}
     for data in ("ISIC 2017 val", "PH2 (external)"):
         rows = table[table["data"] == data]
