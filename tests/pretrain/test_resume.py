@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import panderm.pretrain.run as pretrain_run
+from panderm.cli import main
 from panderm.pretrain.run import run_pretrain
 from tests.killing import (
     SigtermAt,
@@ -104,15 +105,25 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, 
     common += [*objective_overrides(objective), "monitor.every_n_steps=0"]
     common += ["trainer.log_every_n_steps=1", "optim.warmup_steps=2", f"data.out_dir={tmp_path / 'data'}"]
 
-    def losses(run_dir, *extra: str) -> list[float]:
-        cmd = [sys.executable, "-m", "panderm.cli", "pretrain", f"hydra.run.dir={run_dir}", *common, *extra]
-        result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+    def losses(run_dir) -> list[float]:
         frame = pd.read_csv(run_dir / "logs" / "metrics.csv").dropna(subset=["train/loss_step"])
         return frame.sort_values("step")["train/loss_step"].tolist()
 
-    single = losses(tmp_path / "one", "batch_size=8")
-    ddp = losses(tmp_path / "two", "batch_size=4", "trainer.devices=2", "trainer.strategy=ddp")
+    with one_thread():  # the one-process reference in-process; the DDP ranks need their own processes
+        assert main(["pretrain", f"hydra.run.dir={tmp_path / 'one'}", *common, "batch_size=8"]) == 0
+    ddp_run = ["batch_size=4", "trainer.devices=2", "trainer.strategy=ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "panderm.cli",
+        "pretrain",
+        f"hydra.run.dir={tmp_path / 'two'}",
+        *common,
+        *ddp_run,
+    ]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(single) == len(ddp) >= 4
     # Same samples, masks and augmentations per step; only the reduction order differs: 1e-5 relative.
     assert ddp == pytest.approx(single, rel=1e-5)
