@@ -2,8 +2,10 @@
 recency gap and the effect of noisy demos, with percentile-bootstrap intervals, and their plots.
 
 Accuracies are percentages. Failed model calls are left out (see `scoring`). A row's base problem is its
-`base_problem_id`, else its `problem_id` without a trailing `_perm_<k>`. Paired effects (recency, noise) are
-differences of per-problem accuracies over the base problems that have both sides, bootstrapped over problems.
+`base_problem_id`, else its `problem_id` without a trailing `_perm_<k>`. Every interval is a cluster bootstrap
+over base problems (`bootstrap_ci`): a problem's prompts (its demo orders) are resampled together, never as
+independent rows. Paired effects (recency, noise) are differences of per-problem accuracies over the base
+problems that have both sides.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "STRATA",
     "base_id",
     "bootstrap_ci",
+    "bootstrap_means",
     "correctness",
     "noise_effect",
     "per_problem",
@@ -65,28 +68,48 @@ def scored(df: pd.DataFrame, *, strict: bool = False) -> pd.DataFrame:
     return rows.assign(base_problem_id=base.astype(str), correct=correct)
 
 
-def bootstrap_ci(
-    values: Any, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of `values` (rows resampled with replacement); NaNs if empty.
+def bootstrap_means(values: Any, clusters: Any = None, *, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """The `n_boot` cluster-bootstrap means of `values` (n,): each resample draws the clusters (`clusters`,
+    n labels, e.g. base problem ids; None: every row its own cluster) uniformly with replacement, and its
+    statistic is the mean over all rows of the drawn clusters, a cluster drawn twice counted twice.
 
-    Resamples are drawn as one (n_boot, n) index array (in chunks for large n); same `seed`, same interval.
+    Prompts of one problem (its demo orders) are not independent, so every interval resamples problems.
+    Clusters are numbered in order of first appearance and the draws are `default_rng(seed).integers(0,
+    n_clusters, (chunk, n_clusters))` in chunks, so with one row per cluster this is the row bootstrap.
     """
     if int(n_boot) < 1:
         raise ConfigError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < float(level) < 1.0:
-        raise ConfigError(f"level must lie strictly between 0 and 1, got {level}")
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
-        return math.nan, math.nan
+        return np.full(int(n_boot), math.nan)
+    if clusters is None:
+        codes = np.arange(x.size)
+    else:
+        codes = pd.factorize(np.asarray(clusters, dtype=object).ravel(), use_na_sentinel=False)[0]
+        if codes.size != x.size:
+            raise ConfigError(f"bootstrap: {x.size} values but {codes.size} cluster labels")
+    sums, counts = np.bincount(codes, weights=x), np.bincount(codes).astype(np.float64)
+    size = sums.size
     rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOT_CHUNK // x.size)
-    means = np.concatenate(
-        [
-            x[rng.integers(0, x.size, size=(min(chunk, n_boot - start), x.size))].mean(axis=1)
-            for start in range(0, n_boot, chunk)
-        ]
-    )
+    chunk = max(1, _BOOT_CHUNK // size)
+    out = []
+    for start in range(0, int(n_boot), chunk):
+        draw = rng.integers(0, size, size=(min(chunk, int(n_boot) - start), size))
+        out.append(sums[draw].sum(axis=1) / counts[draw].sum(axis=1))
+    return np.concatenate(out)
+
+
+def bootstrap_ci(
+    values: Any, clusters: Any = None, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of the cluster-bootstrap means (`bootstrap_means`) of `values`, clusters (e.g.
+    base problem ids) resampled with replacement; rows are their own clusters when `clusters` is None. NaNs
+    if empty; same `seed`, same interval. Raises ConfigError for `n_boot` < 1 or `level` outside (0, 1)."""
+    if not 0.0 < float(level) < 1.0:
+        raise ConfigError(f"level must lie strictly between 0 and 1, got {level}")
+    means = bootstrap_means(values, clusters, n_boot=n_boot, seed=seed)
+    if np.isnan(means).all():
+        return math.nan, math.nan
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -121,7 +144,7 @@ def stratify(
     records = []
     for level, group in rows.groupby(by, dropna=False, observed=True, sort=True):
         percent = group["correct"] * 100.0
-        low, high = bootstrap_ci(percent, n_boot=n_boot, seed=seed)
+        low, high = bootstrap_ci(percent, group["base_problem_id"], n_boot=n_boot, seed=seed)
         records.append(
             {
                 by: level,
@@ -157,7 +180,7 @@ def _paired(a: pd.Series, b: pd.Series, *, n_boot: int, seed: int) -> dict[str, 
     """Mean of per-problem `a - b` (%) over the problems with both, bootstrapped over those problems."""
     both = pd.concat({"a": a, "b": b}, axis=1).dropna()
     diff = both["a"] - both["b"]
-    low, high = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    low, high = bootstrap_ci(diff, diff.index, n_boot=n_boot, seed=seed)  # one row per problem
     return {
         "n_problems": len(both),
         "a": float(both["a"].mean()),
@@ -245,7 +268,7 @@ def summary(df: pd.DataFrame, *, strict: bool = False, n_boot: int = 2000, seed:
     absent."""
     rows = scored(df, strict=strict)
     percent = rows["correct"] * 100.0
-    low, high = bootstrap_ci(percent, n_boot=n_boot, seed=seed)
+    low, high = bootstrap_ci(percent, rows["base_problem_id"], n_boot=n_boot, seed=seed)
     spread = per_problem(permutation_rows(df), strict=strict)
     spread = spread[spread["n"] >= 2]
     recency = recency_gap(df, strict=strict, n_boot=n_boot, seed=seed)

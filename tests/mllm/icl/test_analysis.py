@@ -3,6 +3,7 @@ the recency gap and noise effect on crafted frames with known answers, the summa
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from panderm.errors import ConfigError, DataError
 from panderm.mllm.icl.analysis import (
     base_id,
     bootstrap_ci,
+    bootstrap_means,
     correctness,
     noise_effect,
     per_problem,
@@ -120,6 +122,61 @@ def test_bootstrap_ci_matches_scipy_percentile_and_is_deterministic():
         bootstrap_ci(values, level=1.0)
     with pytest.raises(ConfigError, match="n_boot"):
         bootstrap_ci(values, n_boot=0)
+
+
+def brute_force_cluster_bootstrap(values, clusters, n_boot, seed):
+    """Resample loop: the same draws as `bootstrap_means` (one (n_boot, n_clusters) block), each resample's
+    rows gathered explicitly, a cluster drawn twice contributing its rows twice."""
+    ids = list(dict.fromkeys(clusters))  # first appearance
+    rows = {c: [v for v, k in zip(values, clusters, strict=True) if k == c] for c in ids}
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    return np.array([np.mean([v for j in draw for v in rows[ids[j]]]) for draw in draws])
+
+
+def test_cluster_bootstrap_against_a_resample_loop_and_exact_enumeration():
+    rng = np.random.default_rng(3)
+    clusters = [f"p{k}" for k in rng.integers(0, 7, 40)]  # unequal cluster sizes, interleaved
+    values = (rng.random(40) < 0.4) * 100.0
+    means = bootstrap_means(values, clusters, n_boot=300, seed=5)
+    np.testing.assert_allclose(means, brute_force_cluster_bootstrap(values, clusters, 300, 5))
+    low, high = bootstrap_ci(values, clusters, n_boot=300, seed=5, level=0.9)
+    assert (low, high) == tuple(np.percentile(means, [5, 95]))
+    # exact distribution on a tiny case: 3 problems of sizes 1, 2, 3 -> 27 equally likely resamples
+    tiny_values, tiny_clusters = [100.0, 0.0, 100.0, 0.0, 0.0, 100.0], ["a", "b", "b", "c", "c", "c"]
+    groups = {"a": [100.0], "b": [0.0, 100.0], "c": [0.0, 0.0, 100.0]}
+    exact: dict[float, float] = {}
+    for draw in itertools.product("abc", repeat=3):
+        stat = round(float(np.mean([v for c in draw for v in groups[c]])), 6)
+        exact[stat] = exact.get(stat, 0.0) + 1 / 27
+    drawn = np.round(bootstrap_means(tiny_values, tiny_clusters, n_boot=40000, seed=0), 6)
+    assert set(np.unique(drawn)) <= set(exact)
+    for stat, p in exact.items():
+        assert abs(np.mean(drawn == stat) - p) < 0.01
+    # one row per problem: exactly the row bootstrap (same draws), which test_bootstrap_ci checks with scipy
+    single = rng.normal(size=25)
+    labels = [f"q{k}" for k in range(25)]
+    np.testing.assert_array_equal(
+        bootstrap_means(single, labels, seed=2), bootstrap_means(single, None, seed=2)
+    )
+    assert bootstrap_ci(single, labels, seed=2) == bootstrap_ci(single, seed=2)
+    # 12 problems asked in 6 orders each, all right or all wrong: the row bootstrap is far too narrow
+    perm_values, perm_clusters = np.repeat((np.arange(12) < 4) * 100.0, 6), np.repeat(np.arange(12), 6)
+    row_ci, cluster_ci = bootstrap_ci(perm_values), bootstrap_ci(perm_values, perm_clusters)
+    assert cluster_ci[1] - cluster_ci[0] > 1.8 * (row_ci[1] - row_ci[0])
+    with pytest.raises(ConfigError, match="cluster labels"):
+        bootstrap_ci([1.0, 2.0], ["a"])
+
+
+def test_every_interval_resamples_problems():
+    # p1 asked in 5 orders (all right), p2..p4 once (wrong): rows 5/8 right, yet only 1 of 4 problems
+    rows = [row("p1", f"perm_{k}", True, speciality="derm") for k in range(1, 6)]
+    rows += [row(f"p{k}", "perm_1", False, speciality="derm") for k in (2, 3, 4)]
+    df = frame(rows)
+    values, clusters = [100.0] * 5 + [0.0] * 3, ["p1"] * 5 + ["p2", "p3", "p4"]
+    expected = bootstrap_ci(values, clusters)
+    assert expected != bootstrap_ci(values)
+    assert tuple(stratify(df, "speciality").iloc[0][["ci_low", "ci_high"]]) == expected
+    assert summary(df)["ci"] == [round(v, 2) for v in expected]
 
 
 def test_per_problem_against_a_groupby():
