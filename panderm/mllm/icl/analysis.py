@@ -14,8 +14,9 @@ import itertools
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,10 @@ from matplotlib.figure import Figure
 
 from panderm.errors import ConfigError, DataError
 from panderm.io import atomic_path
-from panderm.mllm.icl.scoring import correctness, metric, ok_mask, source
+from panderm.mllm.icl.scoring import correctness, metric, ok_mask, smmile_normalise, source
+
+if TYPE_CHECKING:
+    from panderm.mllm.icl.problems import ICLProblem
 
 __all__ = [
     "NOISE_KINDS",
@@ -33,6 +37,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_means",
     "correctness",
+    "expected_accuracy",
     "noise_effect",
     "per_problem",
     "permutation_rows",
@@ -113,6 +118,37 @@ def bootstrap_ci(
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def expected_accuracy(problems: Sequence[ICLProblem]) -> dict[str, Any]:
+    """Floor and ceiling of a problem set (%, means over problems, answers compared under SMMILE's
+    normalisation, as `exact_match`), for the demos as given (they do not depend on the order):
+
+    - `random`: expected accuracy of answering a label drawn uniformly from the problem's candidate answers,
+      its distinct demo answers: 1/k when the query's answer is one of the k candidates, else 0;
+    - `random_demo`: expected accuracy of the `random` backend, a uniformly drawn demo's answer (frequent
+      answers likelier): the share of the demos whose answer is the query's;
+    - `oracle`: share of problems whose query answer appears among the demo answers (a model that copies
+      the right demo's answer; no demo-copying method does better);
+
+    with `n_problems`; JSON-ready (rounded to 2 decimals, None when empty). 0-shot problems count as 0."""
+    random_, by_demo, oracle = [], [], []
+    for problem in problems:
+        answers = [smmile_normalise(d.answer) for d in problem.demos]
+        truth = smmile_normalise(problem.query.answer)
+        present = truth in answers
+        random_.append(100.0 / len(set(answers)) if present else 0.0)
+        by_demo.append(100.0 * answers.count(truth) / len(answers) if answers else 0.0)
+        oracle.append(100.0 if present else 0.0)
+    mean = (lambda v: float(np.mean(v))) if problems else (lambda v: math.nan)
+    return _to_json(
+        {
+            "n_problems": len(problems),
+            "random": mean(random_),
+            "random_demo": mean(by_demo),
+            "oracle": mean(oracle),
+        }
+    )
 
 
 def per_problem(df: pd.DataFrame, *, strict: bool = False) -> pd.DataFrame:

@@ -166,6 +166,7 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "cache": str(cache_path),
         "score": score_frame(frame, strict=cfg.strict),
         "summary": analysis.summary(frame, strict=cfg.strict, n_boot=cfg.n_boot, seed=cfg.seed),
+        "expected": analysis.expected_accuracy(problems),
     }
     if cfg.judge.backend:
         metrics["judge"] = _judge(cfg, frame, cache_path)
@@ -217,6 +218,15 @@ def report_icl(
         f"missing image); {metrics['n_cached']} replies came from the cache; accuracy {score['accuracy']}% "
         f"({score['correct']}/{score['n']}, {score.get('failed', 0)} failed calls left out)."
     )
+    if "expected" in metrics:
+        expected = metrics["expected"]
+        report.text(
+            f"Floor and ceiling of these {expected['n_problems']} problems (means over problems): a "
+            f"uniformly random one of the distinct demo answers scores {expected['random']}% (a random "
+            f"demo's answer, as the `random` baseline: {expected['random_demo']}%); copying the demo with "
+            f"the query's answer (oracle) scores {expected['oracle']}%, the share of problems with such a "
+            "demo."
+        )
     if "extraction_failed" in score:
         report.text(
             f"MCQA: no option could be read from {score['extraction_failed']} replies (scored wrong)."

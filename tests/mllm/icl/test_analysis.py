@@ -14,11 +14,13 @@ import pytest
 from scipy import stats
 
 from panderm.errors import ConfigError, DataError
+from panderm.mllm.conversation import ImagePart
 from panderm.mllm.icl.analysis import (
     base_id,
     bootstrap_ci,
     bootstrap_means,
     correctness,
+    expected_accuracy,
     noise_effect,
     per_problem,
     plot_noise_effect,
@@ -29,6 +31,7 @@ from panderm.mllm.icl.analysis import (
     stratify_all,
     summary,
 )
+from panderm.mllm.icl.problems import Example, ICLProblem
 from panderm.mllm.icl.scoring import read_results
 from tests.conftest import shared_path
 
@@ -177,6 +180,28 @@ def test_every_interval_resamples_problems():
     assert expected != bootstrap_ci(values)
     assert tuple(stratify(df, "speciality").iloc[0][["ci_low", "ci_high"]]) == expected
     assert summary(df)["ci"] == [round(v, 2) for v in expected]
+
+
+def icl_problem(demos: list[str], query: str) -> ICLProblem:
+    example = lambda answer: Example("What is it?", answer, ImagePart(data=answer.encode()))  # noqa: E731
+    return ICLProblem("p", tuple(map(example, demos)), example(query))
+
+
+def test_expected_accuracy_floor_and_ceiling_by_hand():
+    problems = [
+        icl_problem(["Melanoma", "nevus", "melanoma."], "melanoma"),  # 2 candidates, right one 2 of 3 demos
+        icl_problem(["nevus", "BCC", "SK", "Nevus"], "bcc"),  # 3 candidates, right one 1 of 4 demos
+        icl_problem(["nevus", "SK"], "melanoma"),  # query's answer absent
+        icl_problem(["nevus"], "nevus"),  # 1 candidate
+    ]
+    result = expected_accuracy(problems)
+    assert result == {
+        "n_problems": 4,
+        "random": round((50 + 100 / 3 + 0 + 100) / 4, 2),  # 45.83
+        "random_demo": round((200 / 3 + 25 + 0 + 100) / 4, 2),  # 47.92
+        "oracle": 75.0,
+    }
+    assert expected_accuracy([]) == {"n_problems": 0, "random": None, "random_demo": None, "oracle": None}
 
 
 def test_per_problem_against_a_groupby():

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from panderm.cli import main
 from panderm.config import register_configs
 from panderm.errors import ConfigError, DataError
+from panderm.mllm.icl.analysis import expected_accuracy
 from panderm.mllm.icl.problems import load_problems
 from panderm.mllm.icl.run import run_icl
 from panderm.mllm.icl.scoring import smmile_normalise
@@ -76,6 +77,8 @@ def test_smmile_pp_with_the_majority_baseline(setup, tmp_path):
     assert metrics["score"]["accuracy"] == round(100 * correct / len(rows), 2)
     per_problem = pd.read_csv(run / "per_problem.csv")
     assert len(per_problem) == len(problems)
+    assert metrics["expected"] == expected_accuracy(problems)  # floor and ceiling beside the results
+    assert f"(oracle) scores {metrics['expected']['oracle']}%" in (run / "report.md").read_text()
     for name in ("report.md", "metrics.json", "responses.jsonl", "figures/permutation_spread.png"):
         assert (run / name).is_file(), name
     again = run_icl(icl_config(f"problems={setup['problems']}", "strategy=smmile_pp"), run)
