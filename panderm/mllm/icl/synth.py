@@ -2,9 +2,17 @@
 
 Each problem asks the diagnosis of one query image (from `query_split`) after 2-5 demonstrations drawn from
 `demo_split`, of the query's modality when the manifest has that column (SMMILE's demos share the query's
-image type); with probability `relevant_rate` exactly one demo shares the query's class (the relevant demo,
-at a random position), the other demos have other classes (repeats allowed). Answers are the display names
-of the classes. Written in SMMILE's row format, so `load_problems` reads it like any benchmark file.
+image type). Demo labels are designed so that the baselines measure something:
+
+- with probability `relevant_rate` the query's class is present (relevant demos, at random positions), as
+  often as needed to be no rarer than any distractor class: once while there are enough other classes for
+  the distractors to be distinct (so majority falls to its tie rule), twice when they must repeat (5 demos
+  of 4 classes), never outnumbered, so no demo count makes majority 0% by construction;
+- the distractors deal the other classes without replacement (a fresh shuffle per round), so their counts
+  differ by at most one and no distractor class dominates.
+
+Seeded (`random.Random(seed)`) and deterministic. Answers are the display names of the classes. Written in
+SMMILE's row format, so `load_problems` reads it like any benchmark file.
 """
 
 from __future__ import annotations
@@ -25,6 +33,24 @@ QUESTIONS = {
     "synthcxr": "What is the main finding in this chest X-ray?",
 }
 METADATA = {"synthderm": ("dermatology", "dermoscopy"), "synthcxr": ("radiology", "x-ray")}
+
+
+def _demo_labels(rng: random.Random, classes: list, query: object, n: int, relevant_rate: float) -> list:
+    """`n` demo labels: the query's class (if in `classes`) with probability `relevant_rate`, r times for the
+    least r no distractor count exceeds; distractors dealt from shuffled rounds of the other classes."""
+    others = [label for label in classes if label != query]
+    relevant = 0
+    if n and query in classes and rng.random() < relevant_rate:
+        relevant = 1
+        while -(-(n - relevant) // len(others)) > relevant:  # ceil: the largest distractor count
+            relevant += 1
+    distractors: list = []
+    while len(distractors) < n - relevant:
+        distractors += rng.sample(others, len(others))
+    labels = distractors[: n - relevant]
+    for position in sorted(rng.sample(range(n), relevant)):
+        labels.insert(position, query)
+    return labels
 
 
 def make_icl_problems(
@@ -71,10 +97,7 @@ def make_icl_problems(
         query = queries[k % len(queries)]
         n = n_demos[k % len(n_demos)]
         pool = pools[demo_split][query["_group"]]
-        others = [label for label in pool if label != query["label"]]
-        labels = [rng.choice(others) for _ in range(n)]
-        if n and query["label"] in pool and rng.random() < relevant_rate:
-            labels[rng.randrange(n)] = query["label"]
+        labels = _demo_labels(rng, list(pool), query["label"], n, relevant_rate)
         demos = [pool[label].iloc[rng.randrange(len(pool[label]))] for label in labels]
         pid = f"{dataset}-{k:04d}"
         for order, rec in enumerate([*demos, query], 1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,13 @@ def test_synthderm_problems(tmp_path: Path) -> None:
     names = {"nevus", "melanoma", "seborrheic keratosis", "basal cell carcinoma"}
     assert all({d.answer for d in p.demos} | {p.query.answer} <= names for p in problems)
     relevant = [sum(d.answer == p.query.answer for d in p.demos) for p in problems]
-    assert set(relevant) <= {0, 1} and 6 <= sum(relevant) <= 12  # at most one relevant demo, ~75% have one
+    assert 6 <= sum(r > 0 for r in relevant) <= 12  # ~75% have the query's class
+    for p, r in zip(problems, relevant, strict=True):
+        counts = Counter(d.answer for d in p.demos if d.answer != p.query.answer)
+        assert max(counts.values()) - min(counts.values()) <= 1  # distractors dealt without replacement
+        # the query's class, when present, is never outnumbered: once for 2-4 demos (3 other classes), twice
+        # for 5 (one of the 4 distractors must repeat)
+        assert r in (0, 1 if len(p.demos) <= 4 else 2) and (r == 0 or r >= max(counts.values()))
     again = make_icl_problems(manifest, tmp_path / "again.jsonl", n_problems=12, seed=0)
     assert load_problems(again).problems == tuple(problems)  # deterministic for a seed
     other = load_problems(make_icl_problems(manifest, tmp_path / "other.jsonl", n_problems=12, seed=1))
