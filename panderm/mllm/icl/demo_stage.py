@@ -69,12 +69,22 @@ def icl_stage(ctx: Any) -> None:
     }
     ctx.report.text(
         f"{stage.n_problems} problems generated from the `{ctx.cfg.data.name}` test split (2-5 demos from "
-        "the training split; most problems have one demo with the query's diagnosis), answered with no LLM. "
+        "the training split; most problems have the query's diagnosis among their demos, never outnumbered "
+        "by another diagnosis), answered with no LLM. "
         "SMMILE++ asks each problem in every order of its demos (n <= 4) or 24 orders (n >= 5). kNN-ICL "
         "uses the pretrained encoder, so its answer never depends on the order, and it is only as good as "
         "the encoder's neighbourhoods (compare the probe stage's kNN row); majority depends on the order "
-        "through its tie rule. Per-prompt results are in `icl/`."
+        "through its tie rule. The 95% intervals resample problems, not prompts (a problem's orders are "
+        "not independent). Per-prompt results are in `icl/`."
     )
+    expected = next(iter(runs.values()))[1].get("expected") if runs else None
+    if expected:
+        ctx.report.text(
+            f"Floor and ceiling of these problems: a uniformly random one of a problem's distinct demo "
+            f"answers scores {expected['random']}% on average (a random demo's answer, as the random "
+            f"baseline answers: {expected['random_demo']}%); an oracle that copies the demo with the query's "
+            f"answer scores {expected['oracle']}% (the share of problems that have one)."
+        )
     ctx.report.table(pd.DataFrame(rows), "ICL baselines")
     for (backend, strategy), name, caption in (
         (
