@@ -3,9 +3,12 @@
 Each request's key hashes the backend name, model, the backend's identity (generation settings, adapter) and
 the rendered conversation (image bytes included). Cached ok replies are reused; identical requests in one run
 are sent once; misses go to the backend in batches of `backend.batch_size`, and each finished batch is in the
-cache before the next starts, so a killed run loses at most one batch. A batch that still fails after the
-retries is split and its requests are tried one by one, so one bad request cannot fail its neighbours; final
-failures are recorded as failures (never as answers).
+cache before the next starts, so a killed run loses at most one batch. Only transient failures
+(`is_transient`: time-outs, lost connections, HTTP 408/429/5xx) are retried with backoff; a deterministic one
+(a processor's ValueError, HTTP 400 "context too long", ...) is not. A batch that still fails is split and its
+requests are tried one by one, so one bad request cannot fail its neighbours; when a batch fails
+deterministically and every one of its requests then succeeds alone, batching itself is what fails, so the run
+says so once and sends the rest one at a time. Final failures are recorded as failures (never as answers).
 
 Before anything is looked up or sent, every image is checked to decode as an image (`check_images`), and a run
 refuses them all at once otherwise. `run_and_close` ends with `check_failures`: a run in which every request
@@ -14,29 +17,26 @@ failed (or more than `max_failed_fraction` of them) raises a BackendError summin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import torch
 from tqdm.auto import tqdm
 
 from panderm.errors import BackendError, ConfigError, DataError
 from panderm.mllm.backends.base import Backend
-from panderm.mllm.cache import (
-    CacheResult,
-    ResponseCache,
-    attempt_call,
-    cache_record,
-    call_with_cache,
-    request_key,
-)
+from panderm.mllm.cache import CacheResult, ResponseCache, attempt_call, cache_record, request_key
 from panderm.mllm.conversation import Conversation, check_images
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def backend_key(backend: Backend, rendered: Conversation) -> str:
@@ -73,11 +73,14 @@ def run_requests(
             results[key] = hit
         else:
             todo.setdefault(key, conv)
+    if retries < 1:
+        raise BackendError(f"retries must be >= 1 (it counts attempts), got {retries}")
     pending = list(todo.items())
+    run = _Run(backend, cache, retries, backoff, sleep, meta)
     bar = tqdm(total=len(pending), desc=f"{backend.name} requests", disable=not progress)
     for start in range(0, len(pending), backend.batch_size):
         batch = pending[start : start + backend.batch_size]
-        results.update(_run_batch(backend, batch, cache, retries, backoff, sleep, meta))
+        results.update(run.batch(batch))
         bar.update(len(batch))
     bar.close()
     return [results[k] for k in keys]
@@ -176,49 +179,127 @@ def _check_fraction(max_failed_fraction: float | None) -> None:
         )
 
 
-def _run_batch(
-    backend: Backend,
-    batch: list[tuple[str, Conversation]],
-    cache: ResponseCache,
-    retries: int,
-    backoff: float,
-    sleep: Callable[[float], None],
-    meta: dict[str, Any],
-) -> dict[str, CacheResult]:
-    if len(batch) == 1:
-        key, conv = batch[0]
-        return {
-            key: call_with_cache(
-                cache,
-                key,
-                lambda: _replies(backend, [conv])[0],
-                retries=retries,
-                backoff=backoff,
-                sleep=sleep,
-                meta=meta,
+# HTTP statuses worth another try: request time-out, rate limit, and any server-side error
+_TRANSIENT_STATUS = frozenset({408, 429})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another attempt at the same request may succeed: True for time-outs, lost connections and
+    HTTP 408/429/5xx; False for deterministic failures (a ValueError or TypeError from a processor or model
+    call, CUDA out of memory, any other HTTP 4xx such as 400 "context too long", 413, 422, or a backend that
+    returned the wrong number of replies). The exception and its causes are read outermost first (backends
+    wrap the original in a BackendError); a failure none of them explains counts as transient, as before."""
+    causes = list(_causes(error))
+    for exc in causes:  # what the exceptions are decides first, then what their messages say
+        if isinstance(exc, TimeoutError | ConnectionError):
+            return True
+        status = getattr(exc, "status_code", getattr(getattr(exc, "response", None), "status_code", None))
+        if isinstance(status, int):
+            return _transient_status(status)
+        if isinstance(exc, torch.OutOfMemoryError):
+            return False
+        if isinstance(exc, ValueError | TypeError) and not isinstance(exc, json.JSONDecodeError):
+            return False  # a garbled server reply (bad JSON) may come out right next time
+    for exc in causes:
+        kind = failure_kind(str(exc))
+        if kind.startswith("HTTP "):
+            return _transient_status(int(kind.removeprefix("HTTP ")))
+        if kind in ("timeout", "connection failed"):
+            return True
+        if kind == "wrong number of replies":
+            return False
+    return True
+
+
+def _transient_status(status: int) -> bool:
+    return status in _TRANSIENT_STATUS or status >= 500
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        # `raise ... from None` hides the original from tracebacks but keeps it as __context__
+        exc = exc.__cause__ or exc.__context__
+
+
+@dataclass
+class _Run:
+    """One `run_requests` call's batches: `batching` turns off after a batch fails deterministically while
+    each of its requests succeeds alone (said once, as a warning)."""
+
+    backend: Backend
+    cache: ResponseCache
+    retries: int
+    backoff: float
+    sleep: Callable[[float], None]
+    meta: dict[str, Any]
+    batching: bool = True
+
+    def attempt(self, call: Callable[[], T], what: str) -> tuple[T | None, str | None, int, bool]:
+        """(result, error, attempts, transient) of up to `retries` attempts; a deterministic failure ends
+        them at once (attempt_call retries whatever it sees raised, so that one is returned, not raised)."""
+
+        def guarded() -> T | _Final:
+            try:
+                return call()
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                return _Final(f"{type(exc).__name__}: {exc}")
+
+        result, error, attempts = attempt_call(
+            guarded, retries=self.retries, backoff=self.backoff, sleep=self.sleep, what=what
+        )
+        if isinstance(result, _Final):
+            return None, result.error, attempts, False
+        return result, error, attempts, True
+
+    def single(self, key: str, conv: Conversation) -> CacheResult:
+        reply, error, attempts, transient = self.attempt(
+            lambda: _replies(self.backend, [conv])[0], what=f"request {key[:12]}"
+        )
+        if not transient:
+            log.warning("request %s failed, not retried (it would fail the same way): %s", key[:12], error)
+        status = "ok" if error is None else "failed"
+        self.cache.put(cache_record(key, self.meta, status, reply, error, attempts))
+        return CacheResult(status, reply, error, attempts, cached=False)
+
+    def batch(self, batch: list[tuple[str, Conversation]]) -> dict[str, CacheResult]:
+        if len(batch) == 1 or not self.batching:
+            return {key: self.single(key, conv) for key, conv in batch}
+        convs = [c for _, c in batch]
+        replies, error, attempts, transient = self.attempt(
+            lambda: _replies(self.backend, convs), what=f"batch of {len(convs)}"
+        )
+        if replies is not None:
+            out = {}
+            for (key, _), reply in zip(batch, replies, strict=True):
+                self.cache.put(cache_record(key, self.meta, "ok", reply, None, attempts))
+                out[key] = CacheResult("ok", reply, None, attempts, cached=False)
+            return out
+        if transient:
+            log.warning("batch of %d failed %d times; trying its requests one by one", len(convs), attempts)
+        out = {key: self.single(key, conv) for key, conv in batch}
+        if not transient and all(r.status == "ok" for r in out.values()):
+            self.batching = False
+            log.warning(
+                "%s backend (model %s): a batch of %d failed (%.300s) while each of its requests succeeds "
+                "alone; sending the rest of this run one request at a time (batch_size=1 skips the "
+                "failing batch attempt)",
+                self.backend.name,
+                self.backend.model,
+                len(convs),
+                error,
             )
-        }
-    convs = [c for _, c in batch]
-    # a batch failure of any kind falls back to single requests below
-    replies, _, attempts = attempt_call(
-        lambda: _replies(backend, convs),
-        retries=retries,
-        backoff=backoff,
-        sleep=sleep,
-        what=f"batch of {len(convs)}",
-    )
-    if replies is not None:
-        out = {}
-        for (key, _), reply in zip(batch, replies, strict=True):
-            cache.put(cache_record(key, meta, "ok", reply, None, attempts))
-            out[key] = CacheResult("ok", reply, None, attempts, cached=False)
         return out
-    log.warning("batch of %d failed %d times; trying its requests one by one", len(convs), retries)
-    return {
-        k: v
-        for item in batch
-        for k, v in _run_batch(backend, [item], cache, retries, backoff, sleep, meta).items()
-    }
+
+
+@dataclass(frozen=True)
+class _Final:
+    error: str
 
 
 def _replies(backend: Backend, conversations: list[Conversation]) -> list[str]:

@@ -140,13 +140,13 @@ def test_generation_settings_and_extra_body_reach_the_server(chat_server, make):
 def test_key_reaches_the_server_and_nothing_else(chat_server, make, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     backend = make()
-    chat_server.fail_next(3, 401, "invalid key in {authorization}")  # a server that echoes the credential
+    chat_server.fail_next(1, 401, "invalid key in {authorization}")  # a server that echoes the credential
     convs = [Conversation.user("first"), Conversation.user(PNG, "second")]
     out = run(backend, convs, tmp_path / "c.jsonl")
     assert [r.status for r in out] == ["failed", "ok"]
-    assert "HTTP 401" in out[0].error and "***" in out[0].error
+    assert "HTTP 401" in out[0].error and "***" in out[0].error and out[0].attempts == 1  # not retried
     headers = [r["headers"]["authorization"] for r in chat_server.requests]
-    assert headers == [f"Bearer {KEY}"] * 4
+    assert headers == [f"Bearer {KEY}"] * 2
     assert KEY not in (tmp_path / "c.jsonl").read_text()
     assert KEY not in caplog.text and "HTTP 401" in caplog.text
     assert KEY not in repr(backend) and KEY_ENV in repr(backend)
@@ -174,6 +174,14 @@ def test_transient_failure_is_retried_by_run_requests(chat_server, make, tmp_pat
     [result] = run(make(), [Conversation.user("hi")], tmp_path / "c.jsonl")
     assert (result.status, result.response, result.attempts) == ("ok", "images=0; last=hi", 2)
     assert len(chat_server.requests) == 2  # the client itself never retried
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+def test_deterministic_failure_is_not_retried_by_run_requests(chat_server, make, tmp_path, status):
+    chat_server.fail_next(1, status, "maximum context length exceeded")
+    [result] = run(make(), [Conversation.user("hi")], tmp_path / "c.jsonl")
+    assert (result.status, result.attempts) == ("failed", 1) and f"HTTP {status}" in result.error
+    assert len(chat_server.requests) == 1
 
 
 def test_persistent_failure_is_recorded_and_retried_on_rerun(chat_server, make, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
+import torch
 
 from panderm.errors import BackendError, ConfigError, DataError
 from panderm.mllm.adapters import ADAPTERS, adapter_for
@@ -12,7 +14,7 @@ from panderm.mllm.backends import BACKENDS, backend_class
 from panderm.mllm.backends.base import Backend, GenerationSettings
 from panderm.mllm.cache import CacheResult, ResponseCache
 from panderm.mllm.conversation import Conversation, ImagePart, TextPart
-from panderm.mllm.requests import backend_key, check_failures, failure_kind, run_requests
+from panderm.mllm.requests import backend_key, check_failures, failure_kind, is_transient, run_requests
 
 
 class Scripted(Backend):
@@ -176,3 +178,125 @@ def test_a_lone_surrogate_in_a_reply_is_replaced_once_for_every_writer(tmp_path)
     with ResponseCache(tmp_path / "c.jsonl") as cache:
         (again,) = run_requests(HalfEmoji(), convs("a"), cache)
     assert again.cached and again.response == "ok \ufffd done"
+
+
+class Failing(Scripted):
+    """Scripted, but a call holding a text in `raises` raises that text's exception, and (with `no_batches`)
+    every call of more than one conversation fails the way a processor that cannot batch does."""
+
+    def __init__(self, raises: dict[str, BaseException] | None = None, no_batches: bool = False, **kw):
+        super().__init__(**kw)
+        self.raises, self.no_batches = raises or {}, no_batches
+
+    def generate(self, conversations):
+        texts = [c.turns[-1].text for c in conversations]
+        self.calls.append(texts)
+        if self.no_batches and len(texts) > 1:
+            try:
+                raise ValueError("images of different sizes cannot be stacked")
+            except ValueError as exc:  # as hf.py does: the processor's error wrapped in a BackendError
+                raise BackendError(f"hf backend: generation failed: {exc}") from exc
+        for text in texts:
+            if text in self.raises:
+                raise self.raises[text]
+        return [t + "!" for t in texts]
+
+
+class ClientStatusError(Exception):
+    """An HTTP client's error: the status is an attribute, not in the message."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__("request rejected")
+        self.status_code = status_code
+
+
+def _status_error(status: int) -> BackendError:
+    """What the openai backend raises for an HTTP error: the client's exception hidden with `from None`."""
+    try:
+        try:
+            raise ClientStatusError(status)
+        except ClientStatusError as exc:
+            raise BackendError(f"openai backend (model='m'): HTTP {exc.status_code}: nope") from None
+    except BackendError as wrapped:
+        return wrapped
+
+
+def _wrapped(exc: BaseException) -> BackendError:
+    try:
+        raise BackendError(f"hf backend: generation failed: {type(exc).__name__}: {exc}") from exc
+    except BackendError as wrapped:
+        return wrapped
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (TimeoutError("read timed out"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (_status_error(429), True),
+        (_status_error(500), True),
+        (_status_error(503), True),
+        (_status_error(408), True),
+        (_status_error(400), False),
+        (_status_error(401), False),
+        (_status_error(403), False),
+        (_status_error(404), False),
+        (_status_error(413), False),
+        (_status_error(422), False),
+        (BackendError("openai backend (model='m'): HTTP 400: maximum context length is 4096 tokens"), False),
+        (BackendError("openai backend (model='m'): no reply within timeout=2 s"), True),
+        (BackendError("openai backend (model='m'): connection failed: refused"), True),
+        (_wrapped(ValueError("Mismatch in `image` token count")), False),
+        (_wrapped(TypeError("unexpected keyword argument 'pixel_values'")), False),
+        (_wrapped(torch.OutOfMemoryError("CUDA out of memory")), False),
+        (_wrapped(TimeoutError("slow disk")), True),
+        (BackendError("scripted backend returned 3 replies for 2 conversations (expected one str)"), False),
+        (ClientStatusError(429), True),
+        (ClientStatusError(422), False),
+        (_wrapped(ClientStatusError(502)), True),
+        (RuntimeError("model refused"), True),  # unexplained: retried as before
+    ],
+)
+def test_failures_are_classified_transient_or_deterministic(error, transient):
+    assert is_transient(error) is transient
+
+
+def test_a_deterministic_failure_is_not_retried(tmp_path):
+    backend = Failing(raises={"b": _wrapped(ValueError("prompt longer than the context"))}, batch_size=3)
+    sleeps: list[float] = []
+    with ResponseCache(tmp_path / "c.jsonl") as cache:
+        out = run_requests(backend, convs("a", "b", "c", "d"), cache, retries=3, sleep=sleeps.append)
+    assert [r.status for r in out] == ["ok", "failed", "ok", "ok"]
+    assert out[1].attempts == 1 and "prompt longer than the context" in out[1].error
+    # one batch call, then one call each, no backoff; "b" alone explains the failure, so batching goes on
+    assert backend.calls == [["a", "b", "c"], ["a"], ["b"], ["c"], ["d"]] and sleeps == []
+    again = Failing(raises={"b": _status_error(413)}, batch_size=2)
+    with ResponseCache(tmp_path / "d.jsonl") as cache:
+        out = run_requests(again, convs("a", "b", "c", "d"), cache, retries=3, sleep=sleeps.append)
+    assert again.calls == [["a", "b"], ["a"], ["b"], ["c", "d"]] and sleeps == []
+    assert [r.attempts for r in out] == [1, 1, 1, 1]
+
+
+def test_transient_failures_are_still_retried_with_backoff(tmp_path):
+    backend = Failing(raises={"b": _status_error(503)}, batch_size=2)
+    sleeps: list[float] = []
+    with ResponseCache(tmp_path / "c.jsonl") as cache:
+        out = run_requests(backend, convs("a", "b"), cache, retries=3, backoff=0.5, sleep=sleeps.append)
+    assert backend.calls == [["a", "b"]] * 3 + [["a"]] + [["b"]] * 3
+    assert sleeps == [0.5, 1.0, 0.5, 1.0] and [r.status for r in out] == ["ok", "failed"]
+    assert out[1].attempts == 3 and "HTTP 503" in out[1].error
+
+
+def test_a_batch_that_fails_structurally_says_so_once_and_the_run_goes_on_one_by_one(tmp_path, caplog):
+    backend = Failing(no_batches=True, batch_size=3)
+    sleeps: list[float] = []
+    with caplog.at_level(logging.WARNING), ResponseCache(tmp_path / "c.jsonl") as cache:
+        out = run_requests(backend, convs(*"abcdefgh"), cache, retries=3, sleep=sleeps.append)
+    assert [r.response for r in out] == [t + "!" for t in "abcdefgh"]
+    # three batches, but only the first is tried as a batch (once): the rest go straight to single requests
+    assert backend.calls == [["a", "b", "c"]] + [[t] for t in "abcdefgh"] and sleeps == []
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "scripted backend" in message and "images of different sizes cannot be stacked" in message
+    assert "one request at a time" in message
