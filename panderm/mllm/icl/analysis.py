@@ -299,12 +299,16 @@ def _json_number(value: Any) -> Any:
 
 def summary(df: pd.DataFrame, *, strict: bool = False, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """JSON-ready overview (percentages rounded to 2 decimals): `n`, `correct`, `accuracy`, `ci` [low, high],
-    `failed`, `metric`; `permutation_std` ({n_problems, mean_std}: mean of per-problem std over problems with
-    2+ permuted variants), `recency` (`recency_gap`) and `noise` (`noise_effect` records), each None if
-    absent."""
+    `problems`, `problem_accuracy` (each base problem counted once: the mean of its variants' accuracies, the
+    figure to quote for an order-invariant backend such as kNN-ICL, whose permutations only repeat it) with
+    `problem_ci`, `failed`, `metric`; `permutation_std` ({n_problems, mean_std}: mean of per-problem std
+    over problems with 2+ permuted variants), `recency` (`recency_gap`) and `noise` (`noise_effect`
+    records), each None if absent."""
     rows = scored(df, strict=strict)
     percent = rows["correct"] * 100.0
     low, high = bootstrap_ci(percent, rows["base_problem_id"], n_boot=n_boot, seed=seed)
+    by_problem = _problem_accuracy(rows)
+    problem_ci = bootstrap_ci(by_problem, by_problem.index, n_boot=n_boot, seed=seed)
     spread = per_problem(permutation_rows(df), strict=strict)
     spread = spread[spread["n"] >= 2]
     recency = recency_gap(df, strict=strict, n_boot=n_boot, seed=seed)
@@ -314,6 +318,9 @@ def summary(df: pd.DataFrame, *, strict: bool = False, n_boot: int = 2000, seed:
         "correct": int(rows["correct"].sum()),
         "accuracy": float(percent.mean()) if len(rows) else math.nan,
         "ci": [low, high],
+        "problems": len(by_problem),
+        "problem_accuracy": float(by_problem.mean()) if len(by_problem) else math.nan,
+        "problem_ci": list(problem_ci),
         "failed": int((~ok_mask(df)).sum()),
         "metric": metric(df),
         "permutation_std": (

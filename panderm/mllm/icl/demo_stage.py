@@ -59,6 +59,7 @@ def icl_stage(ctx: Any) -> None:
                     "prompts": metrics["prompts"],
                     "accuracy %": metrics["score"]["accuracy"],
                     "95% CI": _ci(summary),
+                    "accuracy per problem %": summary.get("problem_accuracy"),
                     "mean std over orders": (summary.get("permutation_std") or {}).get("mean_std"),
                     "recency gap (last - first)": (summary.get("recency") or {}).get("gap"),
                 }
@@ -74,8 +75,9 @@ def icl_stage(ctx: Any) -> None:
         "SMMILE++ asks each problem in every order of its demos (n <= 4) or 24 orders (n >= 5). kNN-ICL "
         "uses the pretrained encoder, so its answer never depends on the order, and it is only as good as "
         "the encoder's neighbourhoods (compare the probe stage's kNN row); majority depends on the order "
-        "through its tie rule. The 95% intervals resample problems, not prompts (a problem's orders are "
-        "not independent). Per-prompt results are in `icl/`."
+        "through its tie rule. Accuracy per problem counts each problem once (kNN-ICL's permutations "
+        "only repeat its answer, so this is its figure). The 95% intervals resample problems, not "
+        "prompts (a problem's orders are not independent). Per-prompt results are in `icl/`."
     )
     expected = next(iter(runs.values()))[1].get("expected") if runs else None
     if expected:

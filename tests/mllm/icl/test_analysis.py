@@ -179,7 +179,11 @@ def test_every_interval_resamples_problems():
     expected = bootstrap_ci(values, clusters)
     assert expected != bootstrap_ci(values)
     assert tuple(stratify(df, "speciality").iloc[0][["ci_low", "ci_high"]]) == expected
-    assert summary(df)["ci"] == [round(v, 2) for v in expected]
+    result = summary(df)
+    assert result["ci"] == [round(v, 2) for v in expected]
+    # each problem once: 1 of 4 right, over 4 problems
+    assert (result["problems"], result["problem_accuracy"]) == (4, 25.0)
+    assert result["problem_ci"] == [round(v, 2) for v in bootstrap_ci([100.0, 0.0, 0.0, 0.0])]
 
 
 def icl_problem(demos: list[str], query: str) -> ICLProblem:

@@ -38,4 +38,4 @@ def test_icl_stage_reports_floor_and_ceiling(tmp_path: Path) -> None:
     text = ctx.report.markdown()
     assert f"scores {expected['random']}% on average" in text
     assert f"answer scores {expected['oracle']}%" in text
-    assert set(ctx.metrics["icl"]) == {"random/smmile_pp"}
+    assert set(ctx.metrics["icl"]) == {"random/smmile_pp"} and "accuracy per problem %" in text
