@@ -1,12 +1,18 @@
 """Per-model-family prompt conventions: system prompt and image-before-text or text-before-image.
 
-`adapter_for(model)` picks one by the model name (``adapter="auto"``) or by its name in `ADAPTERS`.
+`adapter_for(model)` picks one by its name in `ADAPTERS`, or with ``adapter="auto"`` by the model's family:
+first from the model's own config (`model_type`, then `architectures`, in ``<model>/config.json`` of a local
+folder, or the config of an already loaded model), so a fine-tuned Qwen2-VL saved as ``checkpoint-1000`` is
+still prompted as Qwen; only when no config names a known family, by a family name inside the model name.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from panderm.errors import ConfigError
 from panderm.mllm.conversation import Conversation, ImagePart, Turn
@@ -49,25 +55,97 @@ ADAPTERS: dict[str, Adapter] = {
         # MedGemma's model card and OpenAI's examples put the instruction text before the image
         Adapter("medgemma", "text_first", "You are an expert medical imaging assistant."),
         Adapter("openai", "text_first"),
+        # SmolVLM/Idefics3 and Llama 3.2 Vision (mllama) model cards put the image before the question
+        Adapter("smolvlm", "image_first"),
+        Adapter("mllama", "image_first"),
     )
 }
 
-# substrings of a lower-cased model name -> adapter (first match wins)
+# config.json `model_type` -> adapter; `architectures` entries are matched by their lower-cased class-name
+# prefix in _ARCHITECTURES (a config written by remote code may name only those)
+_MODEL_TYPES: dict[str, str] = {
+    **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"), "qwen2_vl"),
+    **dict.fromkeys(("llava", "llava_next", "llava_onevision", "llava_next_video"), "llava"),
+    **dict.fromkeys(("gemma3", "gemma3n"), "medgemma"),
+    **dict.fromkeys(("internvl", "internvl_chat"), "medrega"),
+    **dict.fromkeys(("idefics3", "smolvlm"), "smolvlm"),
+    "mllama": "mllama",
+}
+_ARCHITECTURES: tuple[tuple[str, str], ...] = (
+    ("qwen2vl", "qwen2_vl"),
+    ("qwen2_5_vl", "qwen2_vl"),
+    ("qwen3vl", "qwen2_vl"),
+    ("llava", "llava"),
+    ("gemma3", "medgemma"),
+    ("internvl", "medrega"),
+    ("idefics3", "smolvlm"),
+    ("smolvlm", "smolvlm"),
+    ("mllama", "mllama"),
+)
+
+# substrings of a lower-cased model name -> adapter (first match wins); the fallback when no config says
 _AUTO: tuple[tuple[str, str], ...] = (
     ("medrega", "medrega"),
     ("qwen", "qwen2_vl"),
     ("llava", "llava"),
     ("medgemma", "medgemma"),
     ("gemma", "medgemma"),
+    ("smolvlm", "smolvlm"),
+    ("idefics3", "smolvlm"),
     ("gpt-", "openai"),
 )
 
 
-def adapter_for(model: str, name: str = "auto") -> Adapter:
-    """The adapter called `name`, or with ``name="auto"`` the one whose family appears in `model`."""
+def adapter_for(model: str, name: str = "auto", config: Mapping[str, Any] | None = None) -> Adapter:
+    """The adapter called `name`, or with ``name="auto"`` the one of the model's family: from `config` (a
+    loaded model's config as a mapping) or else ``<model>/config.json`` when `model` is a local folder (read
+    here, nothing is downloaded), and only when neither names a known family, from a family name inside
+    `model` (`as_given` if none). ConfigError for an unknown `name` or an unreadable config.json."""
     if name != "auto":
         if name not in ADAPTERS:
             raise ConfigError(f"adapter={name!r} is not one of auto, {', '.join(ADAPTERS)}")
         return ADAPTERS[name]
+    family = config_family(config if config is not None else local_config(model))
+    if family is not None:
+        return ADAPTERS[family]
     lowered = str(model).lower()
     return next((ADAPTERS[a] for key, a in _AUTO if key in lowered), ADAPTERS["as_given"])
+
+
+def config_family(config: Mapping[str, Any] | None) -> str | None:
+    """The adapter name of a model config's `model_type`, else of its first known `architectures` entry;
+    None when it names no known family (or there is no config)."""
+    if not config:
+        return None
+    model_type = str(config.get("model_type") or "").lower()
+    if model_type in _MODEL_TYPES:
+        return _MODEL_TYPES[model_type]
+    architectures = config.get("architectures") or ()
+    for architecture in architectures if isinstance(architectures, list | tuple) else ():
+        lowered = str(architecture).lower()
+        family = next((a for prefix, a in _ARCHITECTURES if lowered.startswith(prefix)), None)
+        if family is not None:
+            return family
+    return None
+
+
+def local_config(model: str) -> dict[str, Any] | None:
+    """The parsed ``config.json`` of `model` when it is a local folder holding one, else None (a hub id or
+    API model name). ConfigError naming the file when it is not a JSON object."""
+    if not str(model):
+        return None
+    path = Path(str(model)).expanduser() / "config.json"
+    try:
+        if not path.is_file():
+            return None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:  # e.g. a model name too long to be a path: not a local folder
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not a readable model config ({exc}); restore the checkpoint's config.json, or name the "
+            f"prompt adapter yourself (adapter=<one of {', '.join(ADAPTERS)}>)"
+        ) from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a model config must be a JSON object, got {type(config).__name__}")
+    return config

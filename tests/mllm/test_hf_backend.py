@@ -158,7 +158,7 @@ def test_corrupt_image_names_it(backend: HFBackend, tmp_path: Path) -> None:
 def test_registry_builds_hf_backend(tiny_path: Path, backend: HFBackend) -> None:
     built = build_backend("hf", model=str(tiny_path), settings=SHORT, dtype="float32")
     assert isinstance(built, HFBackend)
-    assert built.adapter.name == "qwen2_vl"  # picked from "qwen" in the folder name
+    assert built.adapter.name == "qwen2_vl"  # picked from the folder's config.json
     assert built.identity() == backend.identity()
     assert built.identity()["dtype"] == "float32"
     conv = built.render(conversations()[0])
@@ -177,3 +177,18 @@ def test_tiny_model_is_deterministic_for_a_seed(tmp_path: Path, tiny_path: Path)
     reference = files(tiny_path)
     assert same == reference
     assert {name for name in reference if other[name] != reference[name]} == {"model.safetensors"}
+
+
+def test_adapter_comes_from_the_config_not_the_folder_name(tiny_path: Path, tmp_path: Path) -> None:
+    """A fine-tuned Qwen2-VL saved as checkpoint-1000 (no family in its path) is still prompted as Qwen."""
+    renamed = tmp_path / "run" / "checkpoint-1000"
+    renamed.parent.mkdir()
+    renamed.symlink_to(tiny_path, target_is_directory=True)
+    built = HFBackend(str(renamed), settings=SHORT)
+    assert built.adapter.name == "qwen2_vl"
+    conv = Conversation.user("What is this?", png(0))
+    prompt = built.prompt_text(built.render(conv))
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.")
+    loaded = HFBackend.from_pretrained_objects(built._model, built.processor, name="checkpoint-1000")
+    assert loaded.adapter.name == "qwen2_vl"  # from the loaded model's config
+    built.close()

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from panderm.errors import BackendError
-from panderm.mllm.adapters import Adapter
+from panderm.mllm.adapters import Adapter, adapter_for
 from panderm.mllm.backends.base import Backend, GenerationSettings, resolve_device
 from panderm.mllm.backends.vision_cache import VisionCache
 from panderm.mllm.conversation import Conversation, ImageMemo, ImagePart, TextPart, decode_rgb
@@ -58,7 +58,8 @@ def _check_model_location(model: str) -> None:
 
 
 class HFBackend(Backend):
-    """A transformers image-text-to-text model run in this process.
+    """A transformers image-text-to-text model run in this process; ``adapter="auto"`` picks the prompt
+    adapter from the folder's config.json (`model_type`), not from the folder's name.
 
     Options: `model` (local folder or hub id), `settings`, `adapter`, `batch_size`, `device` ("auto": cuda
     if available else cpu), `dtype` ("auto": bfloat16 on CUDA, float32 on CPU), `local_files_only` (False:
@@ -118,11 +119,15 @@ class HFBackend(Backend):
     ) -> HFBackend:
         """A backend around an already loaded model and processor (kept on their device and dtype).
 
-        `name` is the model id used for the adapter choice and in cache keys (default: the model's
-        `name_or_path`); give distinct names to distinct weights.
+        `name` is the model id used in cache keys (default: the model's `name_or_path`); give distinct names
+        to distinct weights. ``adapter="auto"`` goes by the model's config (its `model_type`), else `name`.
         """
         self = cls.__new__(cls)
         model_name = name or getattr(model_obj, "name_or_path", "") or type(model_obj).__name__
+        if adapter == "auto":
+            config = getattr(model_obj, "config", None)
+            family = {key: getattr(config, key, None) for key in ("model_type", "architectures")}
+            adapter = adapter_for(model_name, config=family)
         Backend.__init__(self, model_name, settings=settings, adapter=adapter, batch_size=batch_size)
         self.device = model_obj.device
         self.dtype = model_obj.dtype
