@@ -198,6 +198,7 @@ def call_with_cache(
     retries: int = 3,
     backoff: float = 0.5,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    retry_if: Callable[[BaseException], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     meta: Mapping[str, Any] | None = None,
 ) -> CacheResult:
@@ -206,8 +207,9 @@ def call_with_cache(
     `retries` is the total number of attempts (>= 1); after failed attempt i (0-based) it sleeps
     `backoff * 2**i`, except after the last. Exceptions in `retry_on` count as model failures: after the
     last one a "failed" record with the error text ("Type: message") is written and returned, never raised
-    and never scored here (the caller decides). Other exceptions (e.g. KeyboardInterrupt) propagate and record
-    nothing. A cached "failed" record is retried on the next call; only "ok" records are final. `meta`
+    and never scored here (the caller decides); `retry_if` (see `attempt_call`) ends the attempts early at a
+    failure that would repeat. Other exceptions (e.g. KeyboardInterrupt) propagate and record nothing. A
+    cached "failed" record is retried on the next call; only "ok" records are final. `meta`
     (backend, model and any extras) is written into the record with credential-like keys dropped.
     """
     if retries < 1:
@@ -216,10 +218,18 @@ def call_with_cache(
     if hit is not None:
         return hit
     meta = dict(meta or {})
-    response, error, attempts = attempt_call(
-        call, retries=retries, backoff=backoff, retry_on=retry_on, sleep=sleep, what=f"request {key[:12]}"
+    response, error, attempts, retryable = attempt_call(
+        call,
+        retries=retries,
+        backoff=backoff,
+        retry_on=retry_on,
+        retry_if=retry_if,
+        sleep=sleep,
+        what=f"request {key[:12]}",
     )
     if error is not None:
+        if not retryable:
+            log.warning("request %s failed, not retried (it would fail the same way): %s", key[:12], error)
         cache.put(cache_record(key, meta, "failed", None, error, attempts))
         return CacheResult("failed", None, error, attempts, cached=False)
     if not isinstance(response, str):
@@ -235,21 +245,25 @@ def attempt_call(
     backoff: float,
     sleep: Callable[[float], None],
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    retry_if: Callable[[BaseException], bool] | None = None,
     what: str = "call",
-) -> tuple[T | None, str | None, int]:
-    """(result, None, attempts) of the first successful of up to `retries` calls, else (None, error text
-    "Type: message" of the last, retries). After failed attempt i (0-based) it sleeps `backoff * 2**i`,
-    except after the last; exceptions outside `retry_on` propagate."""
+) -> tuple[T | None, str | None, int, bool]:
+    """(result, None, attempts, True) of the first successful of up to `retries` calls, else (None, error text
+    "Type: message" of the last, attempts, retryable). After failed attempt i (0-based) it sleeps
+    `backoff * 2**i`, except after the last; a failure for which `retry_if(exc)` is False ends the attempts at
+    once (retryable False: it would fail the same way again); exceptions outside `retry_on` propagate."""
     error = ""
     for attempt in range(retries):
         try:
-            return call(), None, attempt + 1
+            return call(), None, attempt + 1, True
         except retry_on as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if retry_if is not None and not retry_if(exc):
+                return None, error, attempt + 1, False  # the caller says what it does instead
             log.warning("%s attempt %d/%d failed: %s", what, attempt + 1, retries, error)
             if attempt + 1 < retries:
                 sleep(backoff * 2**attempt)
-    return None, error, retries
+    return None, error, retries, True
 
 
 def cache_record(

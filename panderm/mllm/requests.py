@@ -25,18 +25,24 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from panderm.errors import BackendError, ConfigError, DataError
 from panderm.mllm.backends.base import Backend
-from panderm.mllm.cache import CacheResult, ResponseCache, attempt_call, cache_record, request_key
+from panderm.mllm.cache import (
+    CacheResult,
+    ResponseCache,
+    attempt_call,
+    cache_record,
+    call_with_cache,
+    request_key,
+)
 from panderm.mllm.conversation import Conversation, check_images
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def backend_key(backend: Backend, rendered: Conversation) -> str:
@@ -238,41 +244,29 @@ class _Run:
     meta: dict[str, Any]
     batching: bool = True
 
-    def attempt(self, call: Callable[[], T], what: str) -> tuple[T | None, str | None, int, bool]:
-        """(result, error, attempts, transient) of up to `retries` attempts; a deterministic failure ends
-        them at once (attempt_call retries whatever it sees raised, so that one is returned, not raised)."""
-
-        def guarded() -> T | _Final:
-            try:
-                return call()
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                return _Final(f"{type(exc).__name__}: {exc}")
-
-        result, error, attempts = attempt_call(
-            guarded, retries=self.retries, backoff=self.backoff, sleep=self.sleep, what=what
-        )
-        if isinstance(result, _Final):
-            return None, result.error, attempts, False
-        return result, error, attempts, True
-
     def single(self, key: str, conv: Conversation) -> CacheResult:
-        reply, error, attempts, transient = self.attempt(
-            lambda: _replies(self.backend, [conv])[0], what=f"request {key[:12]}"
+        return call_with_cache(
+            self.cache,
+            key,
+            lambda: _replies(self.backend, [conv])[0],
+            retries=self.retries,
+            backoff=self.backoff,
+            retry_if=is_transient,
+            sleep=self.sleep,
+            meta=self.meta,
         )
-        if not transient:
-            log.warning("request %s failed, not retried (it would fail the same way): %s", key[:12], error)
-        status = "ok" if error is None else "failed"
-        self.cache.put(cache_record(key, self.meta, status, reply, error, attempts))
-        return CacheResult(status, reply, error, attempts, cached=False)
 
     def batch(self, batch: list[tuple[str, Conversation]]) -> dict[str, CacheResult]:
         if len(batch) == 1 or not self.batching:
             return {key: self.single(key, conv) for key, conv in batch}
         convs = [c for _, c in batch]
-        replies, error, attempts, transient = self.attempt(
-            lambda: _replies(self.backend, convs), what=f"batch of {len(convs)}"
+        replies, error, attempts, transient = attempt_call(
+            lambda: _replies(self.backend, convs),
+            retries=self.retries,
+            backoff=self.backoff,
+            retry_if=is_transient,
+            sleep=self.sleep,
+            what=f"batch of {len(convs)}",
         )
         if replies is not None:
             out = {}
@@ -295,11 +289,6 @@ class _Run:
                 error,
             )
         return out
-
-
-@dataclass(frozen=True)
-class _Final:
-    error: str
 
 
 def _replies(backend: Backend, conversations: list[Conversation]) -> list[str]:
