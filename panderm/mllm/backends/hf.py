@@ -42,6 +42,47 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
+# special tokens a reply keeps for the region layer (panderm.mllm.regions): Qwen's box/ref/quad markers,
+# PaliGemma's location and segmentation codes, InternVL/MedRegA's ref/box tags
+REGION_TOKENS = re.compile(
+    r"<\|(?:box|object_ref|quad)_(?:start|end)\|>|<loc\d{4}>|<seg\d{3}>|</?ref>|</?box>|</?quad>"
+)
+
+
+def prompt_text(processor: Any, conversation: Conversation) -> str:
+    """The prompt text for a rendered conversation: the processor's chat template, or for a processor
+    without one (PaliGemma) the plain format: one image token per image, then the turns' texts, one line
+    per turn (the processor adds what its family puts around them, e.g. PaliGemma's BOS and newline).
+    ValueError when the chat template refuses the conversation."""
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(
+            HFBackend.messages(conversation), add_generation_prompt=True, tokenize=False
+        )
+    image_token = getattr(processor, "image_token", None)
+    if conversation.images() and not image_token:
+        raise ValueError("the processor has neither a chat template nor an image token")
+    lines = [turn.text for turn in conversation.turns]
+    return str(image_token or "") * len(conversation.images()) + "\n".join(line for line in lines if line)
+
+
+def dropped_special_ids(tokenizer: Any) -> frozenset[int]:
+    """The special token ids a reply drops: every special token except those of `REGION_TOKENS` (a box
+    Qwen writes as ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` keeps its markers for the region layer)."""
+    specials = {int(i) for i in getattr(tokenizer, "all_special_ids", ())}
+    for token_id, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(token, "special", False):
+            specials.add(int(token_id))
+    return frozenset(
+        i for i in specials if not REGION_TOKENS.fullmatch(str(tokenizer.convert_ids_to_tokens(i) or ""))
+    )
+
+
+def decode_replies(tokenizer: Any, tokens: torch.Tensor, dropped: frozenset[int]) -> list[str]:
+    """Each row of generated `tokens` as text without the `dropped` ids, stripped."""
+    rows = [[i for i in row if i not in dropped] for row in tokens.tolist()]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=False)]
+
+
 def _check_model_location(model: str) -> None:
     """Fail fast, naming the path, when `model` is meant as a local folder that is not there.
 
@@ -142,6 +183,8 @@ class HFBackend(Backend):
         tokenizer = getattr(processor, "tokenizer", processor)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_token_id = pad
+        self._tokenizer = tokenizer
+        self._dropped = dropped_special_ids(tokenizer)
 
     def vision_stats(self) -> dict[str, int]:
         """Counters since the backend was built: images_seen (images in requests), images_preprocessed
@@ -174,14 +217,11 @@ class HFBackend(Backend):
         ]
 
     def prompt_text(self, conversation: Conversation) -> str:
-        """The chat-template text `generate` sends for an already rendered conversation (before the
-        processor expands each image placeholder to the image's token count)."""
-        processor = self._loaded()[1]
+        """The text `generate` sends for an already rendered conversation (before the processor expands
+        each image placeholder to the image's token count): see `prompt_text`."""
         try:
-            return processor.apply_chat_template(
-                self.messages(conversation), add_generation_prompt=True, tokenize=False
-            )
-        except ValueError as exc:  # e.g. a checkpoint without a chat template
+            return prompt_text(self._loaded()[1], conversation)
+        except ValueError as exc:  # e.g. a chat template that refuses the conversation's roles
             raise BackendError(
                 f"hf backend: model {self.model}: cannot apply the chat template: {exc}"
             ) from exc
@@ -200,11 +240,14 @@ class HFBackend(Backend):
         return replies
 
     def _generate_batch(self, conversations: Sequence[Conversation]) -> list[str]:
-        model, processor = self._loaded()
+        model = self._loaded()[0]
         texts = [self.prompt_text(c) for c in conversations]
-        parts = [p for c in conversations for p in c.images()]
-        images = [self._image(p) for p in parts]
-        keys = [p.sha256() for p in parts]
+        parts = [c.images() for c in conversations]
+        # one image list per prompt: processors such as Gemma 3's, Mllama's and PaliGemma's pair images with
+        # prompts by it (a flat list is read as one image per prompt); per-image processors flatten it
+        images = [[self._image(p) for p in group] for group in parts]
+        keys = [p.sha256() for group in parts for p in group]
+        count = len(keys)
         settings = self.settings
         options: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
@@ -220,7 +263,7 @@ class HFBackend(Backend):
         try:
             inputs = self._vision.preprocess(
                 text=texts,
-                images=images or None,
+                images=images if count else None,
                 keys=keys,
                 padding=True,
                 padding_side="left",
@@ -231,7 +274,7 @@ class HFBackend(Backend):
             with (
                 torch.inference_mode(),
                 torch.random.fork_rng(devices=self._rng_devices()),
-                self._vision.encoding(model, keys, len(images)),
+                self._vision.encoding(model, keys, count),
             ):
                 torch.manual_seed(settings.seed)
                 output = model.generate(**inputs, **options)
@@ -241,8 +284,7 @@ class HFBackend(Backend):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
-        return [text.strip() for text in decoded]
+        return decode_replies(self._tokenizer, new_tokens, self._dropped)
 
     def _rng_devices(self) -> list[int]:
         if self.device.type != "cuda":

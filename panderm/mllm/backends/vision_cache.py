@@ -61,6 +61,13 @@ PER_IMAGE_PROCESSORS: frozenset[str] = frozenset(
 _SIMPLE = (type(None), bool, int, float, str)
 
 
+def flat_images(images: Any) -> Any:
+    """A list of per-text image lists as one flat list in reading order; anything else unchanged."""
+    if isinstance(images, list | tuple) and images and all(isinstance(i, list | tuple) for i in images):
+        return [image for group in images for image in group]
+    return images
+
+
 class VisionStats:
     """Thread-safe counters: images_seen, images_preprocessed, images_encoded, encoder_calls."""
 
@@ -155,11 +162,13 @@ class CachedImageProcessor:
         self,
         *,
         text: Any,
-        images: Sequence[Image.Image] | None,
+        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None,
         keys: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        count = len(images) if images else 0
+        """`images` flat, or one list per text (what processors such as Gemma 3's and Mllama's expect);
+        `keys` one per image in reading order."""
+        count = len(flat_images(images)) if images else 0
         self.stats.add(images_seen=count)
         if not count or not self.supported:
             self.stats.add(images_preprocessed=count)
@@ -178,6 +187,7 @@ class CachedImageProcessor:
     def _process(self, images: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         real = self.image_processor
         self._local.served = True
+        images = flat_images(images)  # per-image processors: a batch is its images in reading order
         listed = isinstance(images, list | tuple) and all(isinstance(i, Image.Image) for i in images)
         options = _options_key(kwargs)
         if args or not listed or options is None:
@@ -456,7 +466,7 @@ class VisionCache:
         self,
         *,
         text: Any,
-        images: Sequence[Image.Image] | None,
+        images: Sequence[Image.Image] | Sequence[Sequence[Image.Image]] | None,
         keys: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Any:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from panderm.errors import ConfigError
+from panderm.mllm.tiny.tokenizer import train_tokenizer
 
 # every special token the Qwen2-VL processor, model config and chat template refer to
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -44,39 +44,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-_CORPUS: tuple[str, ...] = (
-    "You are a helpful assistant.",
-    "You are an expert dermatologist. Answer the question about the image.",
-    "What is the most likely diagnosis of this skin lesion?",
-    "Is this lesion benign or malignant? Answer with one word.",
-    "The lesion is a melanocytic nevus with regular borders and uniform pigmentation.",
-    "Melanoma often shows asymmetry, irregular borders, several colours and a diameter over 6 mm.",
-    "Basal cell carcinoma: pearly papule with arborising vessels and ulceration.",
-    "Seborrhoeic keratosis has a stuck-on appearance, milia-like cysts and comedo-like openings.",
-    "Actinic keratosis, squamous cell carcinoma, dermatofibroma and vascular lesions are other classes.",
-    "Options: A. nevus B. melanoma C. keratosis D. carcinoma. Answer with the letter.",
-    "Describe the colour, shape, border and texture of the lesion in the dermoscopic image.",
-    "Yes. No. Benign. Malignant. The answer is A. The answer is B. I am not sure.",
-    "Where is the lesion located: face, trunk, arm, leg, hand, foot, scalp or back?",
-    "The patient is 54 years old; the lesion changed in size over 3 months.",
-)
-
-
-def _train_tokenizer(vocab_size: int) -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(_CORPUS) * 4, trainer=trainer)
-    return tokenizer
-
 
 MIN_PIXELS = 28 * 28  # one 2x2 group of 14-pixel patches: one image token
 
@@ -115,7 +82,7 @@ def build_tiny_qwen2_vl(
     if isinstance(vision_depth, bool) or not isinstance(vision_depth, int) or vision_depth < 1:
         raise ConfigError(f"build_tiny_qwen2_vl: vision_depth must be an integer >= 1, got {vision_depth!r}")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(vocab_size),
+        tokenizer_object=train_tokenizer(vocab_size, SPECIAL_TOKENS),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
