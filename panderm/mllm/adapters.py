@@ -4,6 +4,8 @@
 first from the model's own config (`model_type`, then `architectures`, in ``<model>/config.json`` of a local
 folder, or the config of an already loaded model), so a fine-tuned Qwen2-VL saved as ``checkpoint-1000`` is
 still prompted as Qwen; only when no config names a known family, by a family name inside the model name.
+Fine-tunes that keep their base's config (MedGemma is a Gemma 3, MedRegA an InternVL) are told apart by
+their name within that family.
 """
 
 from __future__ import annotations
@@ -48,16 +50,22 @@ ADAPTERS: dict[str, Adapter] = {
     a.name: a
     for a in (
         Adapter("as_given"),
-        # Qwen2/2.5-VL, LLaVA(-OneVision), InternVL/MedRegA: the image precedes the question in their training
+        # Qwen2/2.5/3-VL, LLaVA(-NeXT, -OneVision), InternVL and MedRegA (InternVL-based): the image precedes
+        # the question in their training data and model cards
         Adapter("qwen2_vl", "image_first", "You are a helpful assistant."),
         Adapter("llava", "image_first"),
+        Adapter("internvl", "image_first"),
         Adapter("medrega", "image_first"),
-        # MedGemma's model card and OpenAI's examples put the instruction text before the image
+        # Gemma 3's model card puts the image first under a system prompt; MedGemma's puts the instruction
+        # text before the image, as OpenAI's examples do
+        Adapter("gemma3", "image_first", "You are a helpful assistant."),
         Adapter("medgemma", "text_first", "You are an expert medical imaging assistant."),
         Adapter("openai", "text_first"),
         # SmolVLM/Idefics3 and Llama 3.2 Vision (mllama) model cards put the image before the question
         Adapter("smolvlm", "image_first"),
         Adapter("mllama", "image_first"),
+        # PaliGemma has no chat template: the hf backend's plain prompt (image tokens, then the text lines)
+        Adapter("paligemma", "image_first"),
     )
 }
 
@@ -66,32 +74,42 @@ ADAPTERS: dict[str, Adapter] = {
 _MODEL_TYPES: dict[str, str] = {
     **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"), "qwen2_vl"),
     **dict.fromkeys(("llava", "llava_next", "llava_onevision", "llava_next_video"), "llava"),
-    **dict.fromkeys(("gemma3", "gemma3n"), "medgemma"),
-    **dict.fromkeys(("internvl", "internvl_chat"), "medrega"),
+    **dict.fromkeys(("gemma3", "gemma3n"), "gemma3"),
+    **dict.fromkeys(("internvl", "internvl_chat"), "internvl"),
     **dict.fromkeys(("idefics3", "smolvlm"), "smolvlm"),
     "mllama": "mllama",
+    "paligemma": "paligemma",
 }
 _ARCHITECTURES: tuple[tuple[str, str], ...] = (
     ("qwen2vl", "qwen2_vl"),
     ("qwen2_5_vl", "qwen2_vl"),
     ("qwen3vl", "qwen2_vl"),
     ("llava", "llava"),
-    ("gemma3", "medgemma"),
-    ("internvl", "medrega"),
+    ("gemma3", "gemma3"),
+    ("internvl", "internvl"),
     ("idefics3", "smolvlm"),
     ("smolvlm", "smolvlm"),
     ("mllama", "mllama"),
+    ("paligemma", "paligemma"),
+)
+# fine-tunes whose config names the base family, told apart by name: (family, part of the name, adapter)
+_DERIVED: tuple[tuple[str, str, str], ...] = (
+    ("gemma3", "medgemma", "medgemma"),
+    ("internvl", "medrega", "medrega"),
 )
 
 # substrings of a lower-cased model name -> adapter (first match wins); the fallback when no config says
 _AUTO: tuple[tuple[str, str], ...] = (
     ("medrega", "medrega"),
+    ("internvl", "internvl"),
     ("qwen", "qwen2_vl"),
     ("llava", "llava"),
     ("medgemma", "medgemma"),
-    ("gemma", "medgemma"),
+    ("paligemma", "paligemma"),
+    ("gemma", "gemma3"),
     ("smolvlm", "smolvlm"),
     ("idefics3", "smolvlm"),
+    ("mllama", "mllama"),
     ("gpt-", "openai"),
 )
 
@@ -106,9 +124,10 @@ def adapter_for(model: str, name: str = "auto", config: Mapping[str, Any] | None
             raise ConfigError(f"adapter={name!r} is not one of auto, {', '.join(ADAPTERS)}")
         return ADAPTERS[name]
     family = config_family(config if config is not None else local_config(model))
-    if family is not None:
-        return ADAPTERS[family]
     lowered = str(model).lower()
+    if family is not None:
+        derived = next((a for base, part, a in _DERIVED if base == family and part in lowered), family)
+        return ADAPTERS[derived]
     return next((ADAPTERS[a] for key, a in _AUTO if key in lowered), ADAPTERS["as_given"])
 
 

@@ -19,9 +19,10 @@ FAMILIES = [
     ({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}, "llava"),
     ({"model_type": "llava_onevision", "architectures": ["LlavaOnevisionForConditionalGeneration"]}, "llava"),
     ({"model_type": "llava_next", "architectures": ["LlavaNextForConditionalGeneration"]}, "llava"),
-    ({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}, "medgemma"),
-    ({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}, "medrega"),
-    ({"model_type": "internvl", "architectures": ["InternVLForConditionalGeneration"]}, "medrega"),
+    ({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}, "gemma3"),
+    ({"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]}, "internvl"),
+    ({"model_type": "internvl", "architectures": ["InternVLForConditionalGeneration"]}, "internvl"),
+    ({"model_type": "paligemma", "architectures": ["PaliGemmaForConditionalGeneration"]}, "paligemma"),
     ({"model_type": "idefics3", "architectures": ["Idefics3ForConditionalGeneration"]}, "smolvlm"),
     ({"model_type": "smolvlm", "architectures": ["SmolVLMForConditionalGeneration"]}, "smolvlm"),
     ({"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"]}, "mllama"),
@@ -56,9 +57,22 @@ def test_config_wins_over_the_folder_name_and_the_name_is_only_a_fallback(tmp_pa
     assert adapter_for("Qwen/Qwen2-VL-2B-Instruct").name == "qwen2_vl"  # a hub id: not read, not downloaded
     assert adapter_for("gpt-4o").name == "openai" and adapter_for("").name == "as_given"
     # a loaded model's config, given as a mapping, decides without any file
-    assert adapter_for("tiny", config={"model_type": "gemma3"}).name == "medgemma"
+    assert adapter_for("tiny", config={"model_type": "gemma3"}).name == "gemma3"
     # a named adapter is never second-guessed
     assert adapter_for(checkpoint(tmp_path, qwen, "named"), "medgemma").name == "medgemma"
+
+
+def test_fine_tunes_that_keep_their_base_config_are_told_apart_by_name(tmp_path):
+    gemma = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}
+    assert adapter_for(checkpoint(tmp_path, gemma, "medgemma-4b-it")).name == "medgemma"
+    assert adapter_for(checkpoint(tmp_path, gemma, "gemma-3-4b-it")).name == "gemma3"
+    internvl = {"model_type": "internvl_chat"}
+    assert adapter_for(checkpoint(tmp_path, internvl, "MedRegA")).name == "medrega"
+    assert adapter_for(checkpoint(tmp_path, internvl, "InternVL2-8B")).name == "internvl"
+    # the name refines only within the config's family: a Qwen config stays Qwen whatever the folder says
+    assert adapter_for(checkpoint(tmp_path, {"model_type": "qwen2_vl"}, "medgemma-ft")).name == "qwen2_vl"
+    assert adapter_for("google/medgemma-4b-it").name == "medgemma"
+    assert adapter_for("google/paligemma2-3b-mix-224").name == "paligemma"
 
 
 def test_a_checkpoint_prompted_by_its_config_puts_the_image_first(tmp_path):
