@@ -18,7 +18,7 @@ from panderm.mllm.backends.base import GenerationSettings
 from panderm.mllm.backends.openai_api import OpenAIBackend
 from panderm.mllm.cache import ResponseCache
 from panderm.mllm.conversation import Conversation, ImagePart
-from panderm.mllm.requests import backend_key, run_requests
+from panderm.mllm.requests import backend_key, failure_kind, is_transient, run_requests
 from tests.mllm.chat_server import MISBEHAVIOURS
 
 KEY_ENV = "PANDERM_TEST_OPENAI_KEY"
@@ -260,3 +260,103 @@ def test_invalid_options_name_the_field(make):
         make(api_key_env="")
     with pytest.raises(ConfigError, match="turn 1"):
         make().generate([Conversation.user("q").add("assistant", PNG)])
+
+
+# -- serving at scale: concurrency, time-outs, image options ----------------------------------------------
+
+
+def test_batch_size_caps_the_requests_in_flight_and_they_overlap(chat_server, make):
+    chat_server.delay = 0.2  # each request is held, so concurrent ones are seen in flight together
+    convs = [Conversation.user(f"question {i}") for i in range(7)]
+    replies = make(batch_size=3).generate(convs)
+    assert replies == [f"images=0; last=question {i}" for i in range(7)]
+    assert len(chat_server.requests) == 7 and chat_server.max_in_flight == 3
+
+
+def test_a_reply_slower_than_timeout_fails_naming_it_and_is_retried_as_transient(chat_server, make, tmp_path):
+    chat_server.delay = 0.3
+    backend = make(timeout=0.05)
+    with pytest.raises(BackendError, match=r"no reply within timeout=0\.05 s") as caught:
+        backend.generate([Conversation.user("hi")])
+    assert is_transient(caught.value) and failure_kind(str(caught.value)) == "timeout"
+    [result] = run(backend, [Conversation.user("again")], tmp_path / "c.jsonl", retries=2)
+    assert (result.status, result.attempts) == ("failed", 2) and "timeout=0.05" in result.error
+    assert len(chat_server.requests) == 3  # one direct call, then two attempts
+
+
+def image_urls(body):
+    return [
+        p["image_url"]
+        for m in body["messages"]
+        if m["role"] == "user"
+        for p in m["content"]
+        if "image_url" in p
+    ]
+
+
+def test_image_detail_is_sent_when_set_and_changes_the_key(chat_server, make):
+    conv = Conversation.user("Describe.", PNG, JPEG)
+    plain, low = make(adapter="as_given"), make(adapter="as_given", image_detail="low")
+    plain.generate([conv])
+    low.generate([conv])
+    assert [set(u) for u in image_urls(chat_server.bodies()[0])] == [{"url"}, {"url"}]
+    assert [u["detail"] for u in image_urls(chat_server.bodies()[1])] == ["low", "low"]
+    assert "image_detail" not in plain.identity() and low.identity()["image_detail"] == "low"
+    keys = {
+        backend_key(b, b.render(conv)) for b in (plain, low, make(adapter="as_given", image_detail="high"))
+    }
+    assert len(keys) == 3
+
+
+def decoded_url(url: str) -> tuple[str, Image.Image]:
+    head, data = url.split(",", 1)
+    return head, Image.open(io.BytesIO(b64decode(data)))
+
+
+def test_max_image_side_downscales_larger_images_only(chat_server, make):
+    rng = np.random.default_rng(0)
+    big_pixels = rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)  # 60 wide, 30 high
+    buffer = io.BytesIO()
+    Image.fromarray(big_pixels).save(buffer, format="JPEG")
+    big = ImagePart(data=buffer.getvalue(), mime="image/jpeg")
+    backend = make(adapter="as_given", max_image_side=16)
+    backend.generate([Conversation.user("Both?", big, JPEG)])
+    [sent_big, sent_small] = [u["url"] for u in image_urls(chat_server.bodies()[0])]
+    head, image = decoded_url(sent_big)
+    expected = Image.open(io.BytesIO(big.bytes())).convert("RGB").resize((16, 8), Image.Resampling.LANCZOS)
+    assert head == "data:image/png;base64" and image.size == (16, 8)
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    assert backend.sent_image(big).size == (16, 8)
+    assert sent_small == "data:image/jpeg;base64," + b64encode(JPEG.bytes()).decode()  # 4x4: byte for byte
+    plain = make(adapter="as_given")
+    conv = plain.render(Conversation.user("q", big))
+    assert backend.identity()["max_image_side"] == 16 and "max_image_side" not in plain.identity()
+    assert backend_key(backend, conv) != backend_key(plain, conv)
+
+
+def test_max_images_refuses_a_conversation_before_any_request(chat_server, make, tmp_path):
+    backend = make(max_images=2)
+    ok, over = Conversation.user(PNG, "one"), Conversation.user(PNG, JPEG, PNG, "three")
+    with pytest.raises(ConfigError, match=r"3 images, more than max_images=2.*--limit-mm-per-prompt"):
+        run(backend, [ok, over], tmp_path / "c.jsonl")
+    with pytest.raises(ConfigError, match="3 images"):
+        backend.generate([ok, over])
+    assert chat_server.requests == [] and not (tmp_path / "c.jsonl").exists()
+    assert backend.generate([Conversation.user(PNG, JPEG, "two")]) == ["images=2; last=two"]
+    assert "max_images" not in backend.identity()  # a limit changes no reply
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("image_detail", "medium"),
+        ("image_detail", ""),
+        ("max_image_side", 0),
+        ("max_image_side", 12.5),
+        ("max_images", -1),
+        ("max_images", True),
+    ],
+)
+def test_invalid_image_options_name_the_field(make, option, value):
+    with pytest.raises(ConfigError, match=rf"{option} must be .*got {value!r}"):
+        make(**{option: value})
