@@ -62,6 +62,9 @@ class Backend(ABC):
     """Base class: `name` (registry id), `model` (what it runs), `settings`, `adapter`, `batch_size`."""
 
     name: ClassVar[str]
+    # True when a reply never depends on the order of the in-context demonstrations (e.g. kNN-ICL): `panderm
+    # icl` then asks one order per problem under the strategies that only reorder demos
+    order_invariant: ClassVar[bool] = False
 
     def __init__(
         self,

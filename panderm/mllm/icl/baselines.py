@@ -91,6 +91,7 @@ class KNNICLBackend(_Baseline):
     """The answer of the demo most similar to the query by `encoder` (a saved panderm encoder)."""
 
     name = "knn_icl"
+    order_invariant = True  # the most similar demo is the same in every order (ties: see `answer`)
 
     def __init__(
         self, model: str | None = None, *, encoder: str | os.PathLike[str], device: str = "auto", **kw: Any

@@ -1,7 +1,7 @@
 """The in-context-learning stage of `panderm demo`: offline baselines on ICL problems generated from the
 demo data. kNN-ICL answers with the pretrained encoder's nearest demo; majority and random are the usual
-floors. Each runs under the SMMILE++ permutations (order sensitivity); kNN-ICL also under the recency and
-noise strategies."""
+floors. Each runs under the SMMILE++ permutations (order sensitivity; kNN-ICL, whose answer never depends
+on the order, is asked one order per problem); kNN-ICL also under the noise strategy."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def icl_stage(ctx: Any) -> None:
     )
     rows, runs = [], {}
     for backend in baselines:
-        strategies = ["smmile_pp", "recency", "noise"] if backend == "knn_icl" else ["smmile_pp"]
+        strategies = ["smmile_pp", "noise"] if backend == "knn_icl" else ["smmile_pp"]
         for strategy in strategies:
             run_dir = ctx.run_dir / "icl" / f"{backend}-{strategy}"
             metrics = run_icl(_config(ctx, problems, backend, strategy, encoder), run_dir)
@@ -73,10 +73,10 @@ def icl_stage(ctx: Any) -> None:
         "the training split; most problems have the query's diagnosis among their demos, never outnumbered "
         "by another diagnosis), answered with no LLM. "
         "SMMILE++ asks each problem in every order of its demos (n <= 4) or 24 orders (n >= 5). kNN-ICL "
-        "uses the pretrained encoder, so its answer never depends on the order, and it is only as good as "
-        "the encoder's neighbourhoods (compare the probe stage's kNN row); majority depends on the order "
-        "through its tie rule. Accuracy per problem counts each problem once (kNN-ICL's permutations "
-        "only repeat its answer, so this is its figure). The 95% intervals resample problems, not "
+        "uses the pretrained encoder, so its answer never depends on the order: it is asked one order per "
+        "problem (its other orders would only repeat the answer), and it is only as good as the encoder's "
+        "neighbourhoods (compare the probe stage's kNN row); majority depends on the order through its tie "
+        "rule. Accuracy per problem counts each problem once. The 95% intervals resample problems, not "
         "prompts (a problem's orders are not independent). Per-prompt results are in `icl/`."
     )
     expected = next(iter(runs.values()))[1].get("expected") if runs else None

@@ -29,7 +29,14 @@ from panderm.mllm.icl.mcqa import MCQAOptions, build_options, extract_choice, mc
 from panderm.mllm.icl.problems import ProblemSet, load_problems
 from panderm.mllm.icl.prompts import icl_conversation
 from panderm.mllm.icl.scoring import score_frame
-from panderm.mllm.icl.strategies import Similarity, Variant, make_variants, matches_query
+from panderm.mllm.icl.strategies import (
+    ORDER_ONLY,
+    Similarity,
+    Variant,
+    make_variants,
+    matches_query,
+    one_order_per_problem,
+)
 from panderm.mllm.icl.synth import make_icl_problems
 from panderm.mllm.requests import run_and_close
 from panderm.mllm.run import configured_backend
@@ -139,9 +146,12 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     )
     if not variants:
         raise ConfigError(f"strategy={cfg.strategy}: no problem of {loaded.source} yields a prompt")
+    backend = configured_backend(cfg.backend.name, cfg.backend, cfg.generation)
+    one_order = backend.order_invariant and cfg.strategy in ORDER_ONLY
+    if one_order:  # its other orders would only repeat the reply
+        variants = one_order_per_problem(variants)
     prompts = [prompt(v, cfg.mode, cfg.mcqa_seed) for v in variants]
     cache_path = Path(cfg.cache) if cfg.cache else run_dir / CACHE
-    backend = configured_backend(cfg.backend.name, cfg.backend, cfg.generation)
     results = run_and_close(
         backend,
         [c for c, _ in prompts],
@@ -162,6 +172,7 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "problems": len(problems),
         "excluded": dict(loaded.excluded),
         "prompts": len(variants),
+        "one_order_per_problem": one_order,
         "n_cached": int(frame["cached"].sum()),
         "cache": str(cache_path),
         "score": score_frame(frame, strict=cfg.strict),
@@ -218,6 +229,12 @@ def report_icl(
         f"missing image); {metrics['n_cached']} replies came from the cache; accuracy {score['accuracy']}% "
         f"({score['correct']}/{score['n']}, {score.get('failed', 0)} failed calls left out)."
     )
+    if metrics.get("one_order_per_problem"):
+        report.text(
+            f"The `{metrics['backend']}` backend's replies do not depend on the order of the demos, so each "
+            f"problem was asked in one order only (strategy {metrics['strategy']} would only repeat its "
+            "reply): every figure counts each problem once, and order sensitivity is zero by construction."
+        )
     if "expected" in metrics:
         expected = metrics["expected"]
         report.text(

@@ -207,6 +207,18 @@ def noise_variants(
     return variants
 
 
+# strategies whose variants of a problem differ only in the order of its demos
+ORDER_ONLY = frozenset({"smmile_pp", "all_permutations", "recency"})
+
+
+def one_order_per_problem(variants: Sequence[Variant]) -> list[Variant]:
+    """The first variant of each problem (for a backend whose replies do not depend on the demos' order)."""
+    first: dict[str, Variant] = {}
+    for variant in variants:
+        first.setdefault(variant.problem.problem_id, variant)
+    return list(first.values())
+
+
 def make_variants(
     problems: Sequence[ICLProblem],
     strategy: str,

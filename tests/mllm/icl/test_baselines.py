@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -95,3 +96,23 @@ def test_knn_icl_answers_like_the_most_similar_demo(encoder_path: Path) -> None:
     expected = int(np.argmax(features[:4] @ features[4]))
     reply = knn.generate([conversation(["a", "b", "c", "d"], query_image=query, images=[20, 21, 22, 23])])
     assert reply == [["a", "b", "c", "d"][expected]]
+
+
+def test_only_knn_icl_declares_its_replies_order_invariant_and_they_are(encoder_path: Path) -> None:
+    knn = build_backend("knn_icl", encoder=encoder_path, device="cpu")
+    assert knn.order_invariant
+    assert not build_backend("majority").order_invariant and not build_backend("random").order_invariant
+    for case in range(3):
+        ids = [40 + 5 * case + i for i in range(4)]
+        orders = list(itertools.permutations(range(4)))
+        replies = knn.generate(
+            [
+                conversation(
+                    [["a", "b", "c", "d"][i] for i in order],
+                    query_image=image(90 + case),
+                    images=[ids[i] for i in order],
+                )
+                for order in orders
+            ]
+        )
+        assert len(set(replies)) == 1, replies

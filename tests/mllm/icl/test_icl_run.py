@@ -123,10 +123,19 @@ def test_mcqa_mode(setup, tmp_path):
 def test_knn_icl_is_order_free_and_noise_runs(setup, tmp_path):
     knn = ["backend=knn_icl", f"encoder={setup['encoder']}", f"problems={setup['problems']}"]
     metrics = run_icl(icl_config(*knn, "strategy=smmile_pp"), tmp_path / "p")
-    per_problem = pd.read_csv(tmp_path / "p" / "per_problem.csv")
-    assert (per_problem["std"] == 0).all()  # the nearest demo does not depend on the order
+    problems = load_problems(setup["problems"]).problems
+    # the nearest demo does not depend on the order: one prompt per problem, in the first SMMILE++ order
+    assert metrics["one_order_per_problem"] and metrics["prompts"] == len(problems)
+    rows = pd.read_csv(tmp_path / "p" / "results.csv", keep_default_na=False)
+    assert rows["base_problem_id"].tolist() == [p.problem_id for p in problems]
+    assert "asked in one order only" in (tmp_path / "p" / "report.md").read_text()
+    majority = run_icl(icl_config(f"problems={setup['problems']}", "strategy=smmile_pp"), tmp_path / "m")
+    assert not majority["one_order_per_problem"] and majority["prompts"] > len(problems)
+    first_orders = pd.read_csv(tmp_path / "m" / "results.csv", keep_default_na=False)
+    first_orders = first_orders.drop_duplicates("base_problem_id")["problem_id"].tolist()
+    assert rows["problem_id"].tolist() == first_orders
     recency = run_icl(icl_config(*knn, "strategy=recency"), tmp_path / "r")
-    assert recency["summary"]["recency"]["gap"] == 0
+    assert recency["prompts"] <= len(problems) and recency["summary"].get("recency") is None
     noise = run_icl(icl_config(*knn, "strategy=noise"), tmp_path / "n")
     rows = pd.read_csv(tmp_path / "n" / "results.csv", keep_default_na=False)
     assert {"clean", "noise_add_first", "noise_replace_last"} <= set(rows["variant"])
