@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from panderm.errors import BackendError, DataError
 from panderm.mllm.backends import build_backend
 from panderm.mllm.backends.base import GenerationSettings
-from panderm.mllm.backends.hf import HFBackend
+from panderm.mllm.backends.hf import HFBackend, decode_replies, dropped_special_ids, prompt_text
 from panderm.mllm.cache import ResponseCache
 from panderm.mllm.conversation import Conversation, ImagePart
 from panderm.mllm.requests import run_requests
@@ -192,3 +193,30 @@ def test_adapter_comes_from_the_config_not_the_folder_name(tiny_path: Path, tmp_
     loaded = HFBackend.from_pretrained_objects(built._model, built.processor, name="checkpoint-1000")
     assert loaded.adapter.name == "qwen2_vl"  # from the loaded model's config
     built.close()
+
+
+def test_a_processor_without_chat_template_gets_the_plain_prompt(backend: HFBackend) -> None:
+    plain = copy.copy(backend.processor)
+    plain.chat_template = None  # as PaliGemma's processor: image tokens first, then one line per turn
+    conv = Conversation.user("Options: A. nevus B. melanoma", png(3)).assistant("A").user("And this?", png(4))
+    text = prompt_text(plain, conv)
+    assert text == "<|image_pad|><|image_pad|>Options: A. nevus B. melanoma\nA\nAnd this?"
+    assert prompt_text(backend.processor, conv) == backend.prompt_text(conv) != text
+    plain.image_token = None
+    with pytest.raises(ValueError, match="neither a chat template nor an image token"):
+        prompt_text(plain, conv)
+    assert prompt_text(plain, Conversation.user("text only")) == "text only"
+
+
+def test_replies_keep_region_tokens_and_drop_other_special_tokens(backend: HFBackend) -> None:
+    tokenizer = copy.deepcopy(backend.processor.tokenizer)
+    region = ["<|box_start|>", "<|box_end|>", "<loc0256>", "<|object_ref_start|>", "<|object_ref_end|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": region})
+    reply = "<|object_ref_start|>lesion<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|> <loc0256>"
+    ids = tokenizer(reply + "<|im_end|><|endoftext|>")["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == "lesion(10,20),(30,40)"  # why: all gone
+    dropped = dropped_special_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in dropped
+    assert not {tokenizer.convert_tokens_to_ids(t) for t in region} & dropped
+    padded = torch.tensor([ids, [tokenizer.pad_token_id] * (len(ids) - 1) + [ids[0]]])
+    assert decode_replies(tokenizer, padded, dropped) == [reply, tokenizer.decode([ids[0]])]
