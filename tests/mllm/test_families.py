@@ -30,7 +30,7 @@ ADAPTERS = {
     "llava": "llava",
     "llava_next": "llava",
     "llava_onevision": "llava",
-    "internvl": "medrega",
+    "internvl": "internvl",
     "idefics3": "smolvlm",
     "smolvlm": "smolvlm",
     "gemma3": "gemma3",
