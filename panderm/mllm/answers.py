@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 
 # the punctuation set is shared with tokenize so both strip exactly the same characters
 from panderm.mllm.evaluate import PUNCTUATION, tokenize
+from panderm.mllm.regions import strip_regions
 
 __all__ = ["classification_scores", "classify_free_text", "closed_answer", "normalise_answer", "vqa_scores"]
 
@@ -49,6 +50,8 @@ def _check_lengths(predictions: Sequence, golds: Sequence) -> None:
 def normalise_answer(text: str | None) -> str:
     """Normalise an answer for comparison, in this order:
 
+    0. region markup removed (:func:`panderm.mllm.regions.strip_regions`: box coordinates and location
+       tokens go, a ref's phrase stays as text), so a grounded reply reads like a plain one;
     1. Unicode NFKC (full-width ``Ｙｅｓ！`` becomes ``Yes!``; ``None`` becomes ``""``);
     2. lower-case (``str.lower``);
     3. replace every ASCII punctuation character (``string.punctuation``) and common Chinese punctuation
@@ -56,7 +59,7 @@ def normalise_answer(text: str | None) -> str:
     4. split on whitespace and drop the English articles ``a``, ``an``, ``the`` (whole words only);
     5. join the remaining words with single spaces (no leading/trailing space).
     """
-    text = PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text or "").lower())
+    text = PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", strip_regions(text or "")).lower())
     return " ".join(w for w in text.split() if w not in _ARTICLES)
 
 

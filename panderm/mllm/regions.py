@@ -1,4 +1,5 @@
-"""Region text formats (MedRegA, Qwen2-VL, Qwen2.5-VL, normalised) and box matching.
+"""Region text formats (MedRegA, Qwen2-VL, Qwen2.5-VL, PaliGemma, normalised), box matching, and removal of
+region markup from free-text answers.
 
 Boxes are ``[x1, y1, x2, y2]`` in pixels of the original image (floats allowed). Parsers never raise on a
 malformed box: they drop it and report it, with the offending snippet, in ``RegionParse.problems``.
@@ -19,18 +20,23 @@ from panderm.errors import ConfigError
 
 __all__ = [
     "NORMALISED_DECIMALS",
+    "PARSE_STYLES",
     "STYLES",
     "Region",
     "RegionParse",
     "box_iou",
+    "detect_style",
     "format_regions",
     "match_boxes",
     "parse_regions",
+    "strip_regions",
 ]
 
 Region = tuple[str | None, list[list[float]]]
 
-STYLES = ("medrega", "qwen2", "qwen", "normalised")
+STYLES = ("medrega", "qwen2", "qwen", "paligemma", "normalised")
+PARSE_STYLES = (*STYLES, "auto")
+"""What ``parse_regions`` and ``panderm vqa region_style=`` take: a style, or "auto" (``detect_style``)."""
 NORMALISED_DECIMALS = 4
 """Decimals the "normalised" style writes; its quantisation step is 10**-NORMALISED_DECIMALS."""
 
@@ -39,8 +45,9 @@ NORMALISED_DECIMALS = 4
 _FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
 _FULLWIDTH.update({0x3000: 0x20, 0x3010: 0x5B, 0x3011: 0x5D, 0x3014: 0x5B, 0x3015: 0x5D, 0x3001: 0x2C})
 
-# (max value, scale) for the styles whose integers are normalised to a fixed grid.
-_GRID = {"medrega": 999, "qwen2": 1000}
+# (max value, scale) for the styles whose integers are normalised to a fixed grid: pixel = v / scale * size.
+# PaliGemma's <locNNNN> tokens are 1024 bins (0..1023) of the image, decoded as v / 1024 (as big_vision does).
+_GRID = {"medrega": (999, 999), "qwen2": (1000, 1000), "paligemma": (1023, 1024)}
 
 _MEDREGA_TAGS = re.compile(r"<ref>(?P<ref>.*?)</ref>|<box>(?P<box>.*?)</box>", re.DOTALL)
 _QWEN2_TAGS = re.compile(
@@ -51,6 +58,16 @@ _INNER_GROUP = re.compile(r"[\[(]([^\[\]()]*)[\])]")
 _SEPARATORS = re.compile(r"[\s,;\[\]()]+")
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)  # a brace pair with no brace inside
 _DECODER = json.JSONDecoder()
+_LOC = re.compile(r"<loc(\d+)>")
+# a run of location tokens, the segment codes after it (not decoded), the label up to ";", "<" or line end
+_PALIGEMMA = re.compile(r"(?P<locs>(?:<loc\d+>[ \t]*)+)(?:<seg\d+>[ \t]*)*(?P<label>[^;<\n]*)")
+# markup that tells the style apart, tried in this order by detect_style (on full-width-folded text)
+_DETECT = (
+    ("medrega", re.compile(r"</?ref>|</?box>")),
+    ("qwen2", re.compile(r"<\|(?:box|object_ref)_(?:start|end)\|>")),
+    ("paligemma", _LOC),
+    ("qwen", re.compile(r"bbox_2d")),
+)
 
 
 class RegionParse(list):
@@ -73,9 +90,9 @@ class RegionParse(list):
         return np.asarray(flat, dtype=float).reshape(-1, 4)
 
 
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ConfigError(f"unknown region style {style!r}; expected one of {', '.join(STYLES)}")
+def _check_style(style: str, allowed: Sequence[str] = STYLES) -> None:
+    if style not in allowed:
+        raise ConfigError(f"unknown region style {style!r}; expected one of {', '.join(allowed)}")
 
 
 def _snippet(text: str, limit: int = 80) -> str:
@@ -103,7 +120,7 @@ def _validate_box(
         values.append(v)
     x1, y1, x2, y2 = values
     if style in _GRID:
-        hi = _GRID[style]
+        hi, scale = _GRID[style]
         limits = (hi, hi)
     elif style == "normalised":
         limits = (1.0, 1.0)
@@ -115,8 +132,7 @@ def _validate_box(
     if x2 < x1 or y2 < y1:
         return None, f"{where}: x2 < x1 or y2 < y1"
     if style in _GRID:
-        hi = _GRID[style]
-        return [x1 / hi * width, y1 / hi * height, x2 / hi * width, y2 / hi * height], None
+        return [x1 / scale * width, y1 / scale * height, x2 / scale * width, y2 / scale * height], None
     if style == "normalised":
         return [x1 * width, y1 * height, x2 * width, y2 * height], None
     return [x1, y1, x2, y2], None
@@ -165,6 +181,35 @@ def _parse_tagged(text: str, norm: str, style: str, width: float, height: float)
                 out.n_dropped += 1
             else:
                 current[1].append(box)
+    return out
+
+
+def _parse_paligemma(text: str, norm: str, width: float, height: float) -> RegionParse:
+    """PaliGemma detections ``<locY1><locX1><locY2><locX2> label ; ...``: each run of location tokens is
+    read 4 at a time (y before x) and gets the label after it (and after any ``<segNNN>`` codes, which are
+    not decoded); a run whose length is not a multiple of 4 is dropped. Text before a run is ignored.
+    Consecutive detections with the same label (or none) form one region."""
+    out = RegionParse()
+    for m in _PALIGEMMA.finditer(norm):
+        raw = text[m.start("locs") : m.end("locs")]
+        values = _LOC.findall(m.group("locs"))
+        label = text[m.start("label") : m.end("label")].strip() or None
+        if len(values) % 4:
+            out.problems.append(
+                f"paligemma box {_snippet(raw)!r}: expected 4 location tokens per box, got {len(values)}"
+            )
+            out.n_dropped += -(-len(values) // 4)
+            continue
+        for k in range(0, len(values), 4):
+            y1, x1, y2, x2 = values[k : k + 4]
+            box, problem = _validate_box(raw, [x1, y1, x2, y2], "paligemma", width, height)
+            if box is None:
+                out.problems.append(problem)  # type: ignore[arg-type]
+                out.n_dropped += 1
+            elif out and out[-1][0] == label:
+                out[-1][1].append(box)
+            else:
+                out.append((label, [box]))
     return out
 
 
@@ -310,6 +355,15 @@ def _parse_normalised(text: str, norm: str, width: float, height: float) -> Regi
     return out
 
 
+def detect_style(text: str) -> str:
+    """The region style whose markup ``text`` holds, checked in this order: MedRegA ``<ref>``/``<box>`` tags
+    ("medrega"), Qwen2-VL ``<|box_start|>``/``<|object_ref_start|>`` tokens ("qwen2"), PaliGemma
+    ``<locNNNN>`` tokens ("paligemma"), a Qwen2.5-VL ``bbox_2d`` key ("qwen"); else "normalised".
+    Full-width brackets count as ASCII ones, as in the parsers."""
+    norm = text.translate(_FULLWIDTH)
+    return next((style for style, pattern in _DETECT if pattern.search(norm)), "normalised")
+
+
 def parse_regions(text: str, width: float, height: float, style: str = "medrega") -> RegionParse:
     """Parse regions from model text into ``(phrase, [[x1, y1, x2, y2], ...])`` pairs in original pixels.
 
@@ -318,16 +372,23 @@ def parse_regions(text: str, width: float, height: float, style: str = "medrega"
     ``<|object_ref_start|>phrase<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``, integers 0-1000,
     pixel = v / 1000 * size; ``"qwen"`` -- Qwen2.5-VL JSON objects
     ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` in absolute pixels (of the image the model saw: rescale
-    first if its processor resized it);
-    ``"normalised"`` -- ``phrase: [x1, y1, x2, y2]`` with floats in [0, 1]. Full-width (Chinese) punctuation
-    and surrounding text are tolerated. Malformed boxes (wrong count, non-numeric, out of range, x2 < x1 or
-    y2 < y1) are dropped and reported in ``.problems``; the count is ``.n_dropped``. Raises ``ConfigError``
-    for an unknown style only.
+    first if its processor resized it); ``"paligemma"`` -- ``<locY1><locX1><locY2><locX2> label ; ...``, four
+    location tokens per box, **y before x**, integers 0-1023 on 1024 bins, pixel = v / 1024 * size (so the
+    last bin starts at 1023/1024 of the side); ``<segNNN>`` segmentation codes after a box are skipped, not
+    decoded; the label runs to the next ``;``, ``<`` or line end;
+    ``"normalised"`` -- ``phrase: [x1, y1, x2, y2]`` with floats in [0, 1]; ``"auto"`` -- the style
+    ``detect_style`` finds in ``text``. Full-width (Chinese) punctuation and surrounding text are tolerated.
+    Malformed boxes (wrong count, non-numeric, out of range, x2 < x1 or y2 < y1) are dropped and reported in
+    ``.problems``; the count is ``.n_dropped``. Raises ``ConfigError`` for an unknown style only.
     """
-    _check_style(style)
+    _check_style(style, PARSE_STYLES)
+    if style == "auto":
+        style = detect_style(text)
     norm = text.translate(_FULLWIDTH)
-    if style in _GRID:
+    if style in ("medrega", "qwen2"):
         return _parse_tagged(text, norm, style, width, height)
+    if style == "paligemma":
+        return _parse_paligemma(text, norm, width, height)
     if style == "qwen":
         return _parse_qwen_json(text, norm, width, height)
     return _parse_normalised(text, norm, width, height)
@@ -337,8 +398,8 @@ def _quantise(box: Sequence[float], style: str, width: float, height: float) -> 
     """The numbers ``style`` writes for a pixel box (clipped to the style's range)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if style in _GRID:
-        hi = _GRID[style]
-        scaled = (x1 / width * hi, y1 / height * hi, x2 / width * hi, y2 / height * hi)
+        hi, scale = _GRID[style]
+        scaled = (x1 / width * scale, y1 / height * scale, x2 / width * scale, y2 / height * scale)
         return [min(max(round(v), 0), hi) for v in scaled]
     if style == "normalised":
         scaled = (x1 / width, y1 / height, x2 / width, y2 / height)
@@ -350,11 +411,13 @@ def _quantise(box: Sequence[float], style: str, width: float, height: float) -> 
 def format_regions(regions: Iterable[Region], width: float, height: float, style: str = "medrega") -> str:
     """Write ``(phrase, [boxes in pixels])`` pairs in ``style`` (see ``parse_regions``); the inverse of it.
 
-    Boxes are quantised the way the style does (medrega: ``round(x / width * 999)``; qwen2: ``* 1000``; qwen:
-    integer pixels; normalised: ``NORMALISED_DECIMALS`` decimals) and clipped to the image, so
-    ``parse(format(r))`` returns the quantised boxes and ``format(parse(format(r))) == format(r)``. A phrase
-    of None writes no ref/label. In the "qwen" style a region with no boxes cannot be written and is skipped.
-    Raises ``ConfigError`` for an unknown style.
+    Boxes are quantised the way the style does (medrega: ``round(x / width * 999)``; qwen2: ``* 1000``;
+    paligemma: ``round(x / width * 1024)`` capped at 1023, written y1, x1, y2, x2, one detection per box,
+    joined by " ; "; qwen: integer pixels; normalised: ``NORMALISED_DECIMALS`` decimals) and clipped to the
+    image, so ``parse(format(r))`` returns the quantised boxes and ``format(parse(format(r))) == format(r)``.
+    A phrase of None (or "" in the paligemma style) writes no ref/label. In the "qwen" and "paligemma" styles
+    a region with no boxes cannot be written and is skipped. Raises ``ConfigError`` for an unknown style
+    ("auto" included: it only parses).
     """
     _check_style(style)
     regions = list(regions)
@@ -367,6 +430,14 @@ def format_regions(regions: Iterable[Region], width: float, height: float, style
                     obj["label"] = phrase
                 objects.append(json.dumps(obj, ensure_ascii=False))
         return "```json\n[\n" + ",\n".join(f"  {o}" for o in objects) + "\n]\n```"
+    if style == "paligemma":
+        detections = []
+        for phrase, boxes in regions:
+            for box in boxes:
+                x1, y1, x2, y2 = _quantise(box, style, width, height)
+                locs = "".join(f"<loc{v:04d}>" for v in (y1, x1, y2, x2))
+                detections.append(f"{locs} {phrase}" if phrase else locs)
+        return " ; ".join(detections)
     parts = []
     for phrase, boxes in regions:
         quantised = [_quantise(b, style, width, height) for b in boxes]
@@ -387,6 +458,79 @@ def format_regions(regions: Iterable[Region], width: float, height: float, style
             head = "" if phrase is None else f"{phrase}: "
             parts.append(f"{head}[{inner}]")
     return ("\n" if style == "normalised" else " ").join(parts)
+
+
+def _block(start: str, end: str) -> str:
+    """A regex for ``start ... end`` with no second ``start`` inside (so a stray opener eats no text)."""
+    return f"{start}(?:(?!{start}).)*?{end}"
+
+
+_COORDS = r"(?:[\s\d.,;\[\]()-]*[\d.,\[\])])?"  # the coordinates after an unclosed box opener
+# Coordinates and location/segmentation codes: always removed (each alternative before its lone markers).
+_COORD_MARKUP = "|".join(
+    [
+        _block("<box>", "</box>"),
+        _block(r"<\|box_start\|>", r"<\|box_end\|>"),
+        _block(r"<\|quad_start\|>", r"<\|quad_end\|>"),
+        _block("<quad>", "</quad>"),
+        r"<loc\d+>",
+        r"<seg\d+>",
+        rf"(?:<box>|<\|box_start\|>|<\|quad_start\|>|<quad>){_COORDS}",
+        r"</box>|<\|box_end\|>|<\|quad_end\|>|</quad>",
+    ]
+)
+_REF_MARKERS = r"</?ref>|<\|object_ref_(?:start|end)\|>"
+_REF_BLOCKS = _block("<ref>", "</ref>") + "|" + _block(r"<\|object_ref_start\|>", r"<\|object_ref_end\|>")
+_STRIP = {
+    True: re.compile(f"{_COORD_MARKUP}|{_REF_MARKERS}", re.DOTALL),
+    False: re.compile(f"{_REF_BLOCKS}|{_COORD_MARKUP}|{_REF_MARKERS}", re.DOTALL),
+}
+
+
+def _glue(left: str, right: str) -> str:
+    """Join text around removed markup: whitespace on either side becomes one space; two ASCII letters or
+    digits meeting get a space; anything else (CJK text, punctuation) is joined as is."""
+    head, tail = left.rstrip(" \t"), right.lstrip(" \t")
+    spaced = len(head) < len(left) or len(tail) < len(right)
+    words = bool(head and tail) and all(c.isascii() and c.isalnum() for c in (head[-1], tail[0]))
+    return head + (" " if (spaced or words) and head and tail else "") + tail
+
+
+def _strip_once(text: str, pattern: re.Pattern[str]) -> str:
+    """One left-to-right pass removing `pattern`'s matches (found in the full-width-folded text)."""
+    norm, pieces, pos = text.translate(_FULLWIDTH), [], 0
+    for m in pattern.finditer(norm):
+        pieces.append(text[pos : m.start()])
+        pos = m.end()
+    if not pieces:
+        return text
+    pieces.append(text[pos:])
+    out, pending = pieces[0], ""
+    for k, piece in enumerate(pieces[1:], start=2):
+        if not piece.strip(" \t") and k < len(pieces):  # only spaces between two removals: one gap
+            pending += piece
+            continue
+        out, pending = _glue(out + pending, piece), ""
+    return out
+
+
+def strip_regions(text: str, *, keep_phrases: bool = True) -> str:
+    """``text`` without region markup: MedRegA ``<ref>``/``<box>`` tags, Qwen ``<|object_ref_*|>``,
+    ``<|box_*|>`` and ``<|quad_*|>`` tokens, ``<quad>`` tags, PaliGemma ``<locNNNN>``/``<segNNN>`` codes.
+
+    Box and quad contents (the coordinates) go with their tags; the phrase inside a ref pair stays as text,
+    or goes too with ``keep_phrases=False``. Full-width brackets count as ASCII ones, as in the parsers.
+    Where markup was removed, surrounding spaces become one and the ends are stripped; a text without
+    markup comes back unchanged. The one definition of region markup for answer reading and report text.
+    """
+    if "<" not in text and "＜" not in text:  # every piece of markup starts with one
+        return text
+    pattern = _STRIP[keep_phrases]
+    while True:  # removing markup can complete another piece of it ("<<loc0001>loc0002>")
+        stripped = _strip_once(text, pattern)
+        if stripped == text:
+            return text
+        text = stripped.strip()
 
 
 def box_iou(

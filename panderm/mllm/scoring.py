@@ -1,27 +1,28 @@
 """Score a VQA run: per-record rows (gold, raw reply, what was extracted, its score) and metrics per task.
 
 Failed model calls are never scored as wrong answers: they are left out of every metric, counted in
-`n_failed` and listed with their error. Region replies are parsed in `region_style` (what the model writes);
-gold answers are always MedRegA region text (our JSONL format).
+`n_failed` and listed with their error. Region replies are parsed in `region_style` (what the model writes,
+or "auto": each reply's own markup decides, see `panderm.mllm.regions.detect_style`); gold answers are
+always MedRegA region text (our JSONL format). Free-text replies are read without their region markup
+(`panderm.mllm.regions.strip_regions`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from panderm.errors import DataError
+from panderm.errors import ConfigError, DataError
 from panderm.io import read_csv, read_jsonl, write_csv, write_jsonl
 from panderm.mllm.answers import classification_scores, classify_free_text, closed_answer, vqa_scores
 from panderm.mllm.cache import CacheResult
 from panderm.mllm.evaluate import multi_box_scores, phrase_aware_scores, single_box_scores, token_scores
-from panderm.mllm.regions import box_iou, parse_regions
+from panderm.mllm.regions import PARSE_STYLES, box_iou, parse_regions, strip_regions
 from panderm.mllm.samples import VQASample
 from panderm.mllm.text_metrics import report_text_scores
 
@@ -39,12 +40,12 @@ TEXT_COLUMNS = (
     "parse_problems",
     "report",
 )
-_REGION_TAGS = re.compile(r"<ref>.*?</ref>|<box>.*?</box>", re.DOTALL)
 
 
 def report_text(text: str) -> str:
-    """A grounded report without its region tags (and the separators they leave), for text metrics."""
-    return _REGION_TAGS.sub(" ", text).replace(" ,", " ").strip(" \n:：,，")
+    """A grounded report without its region markup, ref phrases included (and the separators they leave),
+    for text metrics."""
+    return strip_regions(text, keep_phrases=False).replace(" ,", " ").strip(" \n:：,，")
 
 
 def _gold_regions(sample: VQASample) -> list:
@@ -54,7 +55,10 @@ def _gold_regions(sample: VQASample) -> list:
 def score_run(
     samples: Sequence[VQASample], results: Sequence[CacheResult], *, region_style: str = "medrega"
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(metrics, rows): metrics = {"n", "n_failed", "failures", "tasks": {task: scores}}; one row a sample."""
+    """(metrics, rows): metrics = {"n", "n_failed", "failures", "tasks": {task: scores}}; one row a sample.
+    `ConfigError` for a `region_style` that is not one of `PARSE_STYLES`, whatever the tasks."""
+    if region_style not in PARSE_STYLES:
+        raise ConfigError(f"region_style={region_style!r} is not one of {', '.join(PARSE_STYLES)}")
     rows: list[dict[str, Any]] = []
     by_task: dict[str, list[int]] = {}
     failures = []
@@ -116,9 +120,10 @@ def _text_to_region(samples, replies, rows, style) -> dict[str, Any]:
 
 
 def _region_to_text(samples, replies, rows, style) -> dict[str, Any]:
-    for row, reply in zip(rows, replies, strict=True):
-        row["extracted"] = reply
-    return token_scores(replies, [s.answer for s in samples])
+    texts = [strip_regions(r) for r in replies]
+    for row, text in zip(rows, texts, strict=True):
+        row["extracted"] = text
+    return token_scores(texts, [strip_regions(s.answer) for s in samples])
 
 
 def _grounded_report(samples, replies, rows, style) -> dict[str, Any]:

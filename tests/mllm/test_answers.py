@@ -156,3 +156,28 @@ def test_classification_scores_edges():
     assert empty["accuracy"] is None and empty["n"] == 0
     with pytest.raises(ValueError, match="not one of the classes"):
         classification_scores(["nevus"], ["psoriasis"], ["nevus"])
+
+
+def test_region_markup_is_not_part_of_an_answer():
+    """Replies that keep region tokens (the hf backend keeps them for the region layer) read as plain ones."""
+    paligemma = "<loc0256><loc0128><loc0768><loc0896><seg001><seg002> melanoma"
+    assert normalise_answer(paligemma) == "melanoma"
+    assert classify_free_text(paligemma, ["nevus", "melanoma"]) == "melanoma"
+    # without stripping, "loc0256" and the like would be words of the reply; with it the reply is the label
+    assert classification_scores([paligemma], ["melanoma"], ["nevus", "melanoma"])["accuracy"] == 1.0
+    medrega = "Yes, <ref>the lesion</ref><box>[[10, 20, 300, 400]]</box> is ulcerated."
+    assert normalise_answer(medrega) == "yes lesion is ulcerated"
+    assert closed_answer("<|box_start|>(0,0),(999,999)<|box_end|> No ulcer.") == "no"
+    qwen2 = "<|object_ref_start|>Basal cell carcinoma<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert vqa_scores([qwen2], ["basal cell carcinoma"])["open_exact"] == 1.0
+
+
+def test_mcqa_letters_are_read_past_region_markup():
+    from panderm.mllm.icl.mcqa import build_options, extract_choice
+
+    options = build_options(["nevus", "melanoma"], "melanoma", key="p1")
+    letter = options.letter("melanoma")
+    assert extract_choice(f"<loc0001><loc0002><loc0003><loc0004> {letter}", options) == (letter, "letter")
+    tagged = f"<answer><ref>{letter}</ref><box>[[1, 2, 3, 4]]</box></answer>"
+    assert extract_choice(tagged, options) == (letter, "tag")
+    assert extract_choice("<loc0010><loc0020><loc0100><loc0200> melanoma", options) == (letter, "text")

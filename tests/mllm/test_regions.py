@@ -9,12 +9,15 @@ import pytest
 
 from panderm.errors import ConfigError
 from panderm.mllm.regions import (
+    PARSE_STYLES,
     STYLES,
     RegionParse,
     box_iou,
+    detect_style,
     format_regions,
     match_boxes,
     parse_regions,
+    strip_regions,
 )
 
 
@@ -118,11 +121,112 @@ def test_normalised_form() -> None:
     assert bad == [("a", [])] and bad.n_dropped == 2
 
 
+def test_paligemma_y_before_x_on_1024_bins() -> None:
+    text = "<loc0256><loc0128><loc0768><loc0896> melanoma ; <loc0010><loc0020><loc0100><loc0200> nevus"
+    out = parse_regions(text, 1024, 512, style="paligemma")
+    # melanoma: y1 = 256/1024*512, x1 = 128/1024*1024, y2 = 768/1024*512, x2 = 896/1024*1024
+    assert out == [("melanoma", [[128, 128, 896, 384]]), ("nevus", [[20, 5, 200, 50]])]
+    assert out.problems == [] and out.n_dropped == 0
+    square = parse_regions("<loc0000><loc0000><loc1023><loc0512>", 300, 200, style="paligemma")
+    np.testing.assert_allclose(square.boxes(), [[0, 0, 512 / 1024 * 300, 1023 / 1024 * 200]])
+    assert square[0][0] is None
+
+
+def test_paligemma_segmentation_codes_labels_and_surrounding_text() -> None:
+    segs = "".join(f"<seg{i:03d}>" for i in range(16))
+    text = (
+        f"Found: <loc0000><loc0000><loc0512><loc0512> {segs} lesion ; "
+        "<loc0512><loc0512><loc1023><loc1023> lesion；<loc0100><loc0100><loc0200><loc0200>\nmore prose"
+    )
+    out = parse_regions(text, 1024, 1024, style="paligemma")
+    assert out.problems == []
+    assert out == [("lesion", [[0, 0, 512, 512], [512, 512, 1023, 1023]]), (None, [[100, 100, 200, 200]])]
+    # a run of 8 location tokens is two boxes under one label
+    two = parse_regions(
+        "<loc0000><loc0000><loc0001><loc0001><loc0002><loc0002><loc0003><loc0003> a", 1024, 1024, "paligemma"
+    )
+    assert two == [("a", [[0, 0, 1, 1], [2, 2, 3, 3]])]
+
+
+def test_paligemma_malformed_boxes_reported_counted_and_dropped() -> None:
+    text = (
+        "<loc0001><loc0002><loc0003> short ; <loc0000><loc0000><loc1024><loc0010> big ; "
+        "<loc0000><loc0500><loc0100><loc0400> flipped ; <loc0000><loc0000><loc0010><loc0010> good ; "
+        "<loc0001><loc0001><loc0002><loc0002><loc0003> five"
+    )
+    out = parse_regions(text, 1024, 1024, style="paligemma")
+    assert out == [("good", [[0, 0, 10, 10]])]
+    assert out.n_dropped == 5 and len(out.problems) == 4
+    joined = "\n".join(out.problems)
+    assert "got 3" in joined and "got 5" in joined
+    assert "1024" in joined and "outside [0, 1023]" in joined and "x2 < x1" in joined
+    assert parse_regions("<seg001> no box <loc12", 10, 10, "paligemma") == []
+
+
+def test_paligemma_format_writes_y_first_and_rounds_to_1024_bins() -> None:
+    regions = [("melanoma", [[128, 128, 896, 384], [0, 0, 1024, 512]]), (None, [[20, 5, 200, 50]])]
+    text = format_regions(regions, 1024, 512, style="paligemma")
+    assert text == (
+        "<loc0256><loc0128><loc0768><loc0896> melanoma ; <loc0000><loc0000><loc1023><loc1023> melanoma ; "
+        "<loc0010><loc0020><loc0100><loc0200>"
+    )
+    assert format_regions([("empty", [])], 10, 10, style="paligemma") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "style"),
+    [
+        ("<ref>lesion</ref><box>[[1, 2, 3, 4]]</box>", "medrega"),
+        ("＜box＞［［1，2，3，4］］＜/box＞", "medrega"),
+        ("<|object_ref_start|>mole<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", "qwen2"),
+        ("<loc0001><loc0002><loc0003><loc0004> nevus", "paligemma"),
+        ('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]\n```', "qwen"),
+        ("lesion: [0.1, 0.2, 0.3, 0.4]", "normalised"),
+        ("no region at all", "normalised"),
+        # both MedRegA and PaliGemma markup: MedRegA comes first in the order
+        ("<ref>a</ref><box>[[1, 2, 3, 4]]</box> <loc0001>", "medrega"),
+    ],
+)
+def test_auto_detects_each_style(text: str, style: str) -> None:
+    assert detect_style(text) == style
+    auto = parse_regions(text, 1000, 1000, style="auto")
+    assert auto == parse_regions(text, 1000, 1000, style=style)
+    assert auto.problems == parse_regions(text, 1000, 1000, style=style).problems
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "dropped"),
+    [
+        ("The lesion <ref>nevus</ref><box>[[1, 2, 3, 4]]</box> is benign.", "The lesion nevus is benign.",
+         "The lesion is benign."),
+        ("<|object_ref_start|>mole<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|> yes", "mole yes",
+         "yes"),
+        ("<loc0256><loc0128><loc0768><loc0896> melanoma", "melanoma", "melanoma"),
+        ("<loc0001><loc0002><loc0003><loc0004><seg001><seg002> nevus ; <loc0010><loc0020><loc0030><loc0040> "
+         "cyst", "nevus ; cyst", "nevus ; cyst"),
+        ("word<loc0001><loc0002><loc0003><loc0004>next", "word next", "word next"),
+        ("图中<ref>红斑</ref><box>[[1,2,3,4]]</box>，正常", "图中红斑，正常", "图中，正常"),
+        ("text <|quad_start|>(1,2),(3,4),(5,6),(7,8)<|quad_end|> here", "text here", "text here"),
+        ("cut off <box>[[1, 2, 3", "cut off", "cut off"),
+        ("stray </ref> and <|box_end|> markers", "stray and markers", "stray and markers"),
+        ("＜ref＞痣＜/ref＞＜box＞［［1，2，3，4］］＜/box＞", "痣", ""),
+        ("  no markup,  kept as is ", "  no markup,  kept as is ", "  no markup,  kept as is "),
+        ("a < b and <answer>C</answer>", "a < b and <answer>C</answer>", "a < b and <answer>C</answer>"),
+    ],
+)  # fmt: skip
+def test_strip_regions(text: str, kept: str, dropped: str) -> None:
+    assert strip_regions(text) == kept
+    assert strip_regions(text, keep_phrases=False) == dropped
+
+
 def test_unknown_style_raises() -> None:
     with pytest.raises(ConfigError, match="unknown region style"):
         parse_regions("", 1, 1, style="yolo")
     with pytest.raises(ConfigError):
         format_regions([], 1, 1, style="yolo")
+    with pytest.raises(ConfigError, match="unknown region style 'auto'"):
+        format_regions([], 1, 1, style="auto")  # auto only parses
+    assert "auto" in PARSE_STYLES and "auto" not in STYLES
 
 
 def _random_regions(rng: np.random.Generator, width: float, height: float) -> list:
@@ -147,6 +251,8 @@ def _expected_quantised(box: list[float], style: str, width: float, height: floa
         return list(np.round(b / sizes * 1000) / 1000 * sizes)
     if style == "qwen":
         return list(np.round(b))
+    if style == "paligemma":
+        return list(np.minimum(np.round(b / sizes * 1024), 1023) / 1024 * sizes)
     return list(np.round(b / sizes, 4) * sizes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from panderm.errors import ConfigError
 from panderm.mllm.cache import CacheResult
 from panderm.mllm.conversation import Conversation
 from panderm.mllm.samples import VQASample
@@ -74,3 +75,38 @@ def test_classification_maps_replies_within_each_samples_own_class_list():
     assert [r["extracted"] for r in rows] == ["melanoma", "melanoma", "黑色素瘤"]
     assert metrics["tasks"]["classify"]["accuracy"] == pytest.approx(2 / 3)
     assert headline(metrics) == {"classify/accuracy": pytest.approx(2 / 3)}
+
+
+def test_auto_region_style_parses_each_reply_in_its_own_markup():
+    gold = "<ref>lesion</ref><box>[[100, 100, 499, 499]]</box>"
+    replies = [
+        "<ref>lesion</ref><box>[[100, 100, 499, 499]]</box>",  # MedRegA, 0-999
+        "<|object_ref_start|>lesion<|object_ref_end|><|box_start|>(100,100),(500,500)<|box_end|>",  # 0-1000
+        "<loc0102><loc0102><loc0511><loc0511> lesion",  # PaliGemma: y first, 1024 bins
+        '[{"bbox_2d": [100, 100, 500, 500], "label": "lesion"}]',  # Qwen2.5-VL pixels
+        "lesion: [0.1, 0.1, 0.5, 0.5]",  # normalised
+    ]
+    samples = [sample(i, "text_to_region", gold) for i in range(len(replies))]
+    metrics, rows = score_run(samples, [ok(r) for r in replies], region_style="auto")
+    t2r = metrics["tasks"]["text_to_region"]
+    assert t2r["single_box"]["acc@0.75"] == 1.0 and t2r["n_malformed_boxes"] == 0
+    assert all(r["iou"] > 0.98 for r in rows)
+    medrega_only, _ = score_run(samples, [ok(r) for r in replies])  # the default reads MedRegA tags only
+    assert medrega_only["tasks"]["text_to_region"]["n_replies_without_box"] == 4
+
+
+def test_unknown_region_style_is_a_config_error_whatever_the_tasks():
+    with pytest.raises(ConfigError, match="region_style='yolo'"):
+        score_run([sample(0, "vqa", "yes")], [ok("yes")], region_style="yolo")
+
+
+def test_free_text_tasks_read_replies_without_region_markup():
+    samples = [sample(0, "region_to_text", "blue grey veil"), sample(1, "grounded_report", "melanoma.")]
+    replies = [
+        "<|object_ref_start|>blue grey veil<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
+        "<loc0001><loc0002><loc0003><loc0004> lesion ; melanoma.",
+    ]
+    metrics, rows = score_run(samples, [ok(r) for r in replies], region_style="auto")
+    assert rows[0]["extracted"] == "blue grey veil" and metrics["tasks"]["region_to_text"]["f1"] == 1.0
+    assert rows[1]["report"] == "lesion ; melanoma."  # a PaliGemma label is text, not a ref phrase
+    assert report_text("<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>: b") == "b"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from panderm.errors import DataError
 from panderm.mllm.answers import normalise_answer
 from panderm.mllm.evaluate import tokenize
+from panderm.mllm.regions import strip_regions
 
 LETTERS = string.ascii_uppercase
 METHODS = ("tag", "pattern", "letter", "text", "failed")
@@ -133,9 +134,11 @@ def extract_choice(reply: str | None, options: MCQAOptions) -> tuple[str | None,
     4. ``text``: the reply equals one option text after normalisation, or mentions exactly one option (a
        mention inside a mention of a longer option does not count);
 
-    else ``(None, "failed")``. Letters that are not options are never accepted.
+    else ``(None, "failed")``. Letters that are not options are never accepted. Region markup is removed
+    first (:func:`panderm.mllm.regions.strip_regions`), so box coordinates and location tokens are never
+    read as letters or option texts.
     """
-    text = reply or ""
+    text = strip_regions(reply or "")
     for method, read in (("tag", _from_tags), ("pattern", _from_patterns), ("letter", _read_label)):
         letter = read(text, options)
         if letter is not None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from panderm.errors import DataError
 from panderm.io import read_csv, read_jsonl
+from panderm.mllm.regions import strip_regions
 
 STATUSES = ("ok", "failed")
 # The text columns of panderm's results.csv (`panderm.mllm.icl.run.result_row` and the judge's columns).
@@ -40,10 +41,12 @@ def smmile_normalise(text: object) -> str:
 
 
 def exact_match(generated: object, true: object, *, strict: bool = False) -> bool:
-    """SMMILE exact match of the normalised strings; `strict`: the raw strings equal after stripping only."""
+    """SMMILE exact match of the normalised strings, read without region markup (`strip_regions`: a text
+    without any, as in every SMMILE file, compares exactly as upstream); `strict`: the raw strings equal
+    after stripping only."""
     if strict:
         return str(generated).strip() == str(true).strip()
-    return smmile_normalise(generated) == smmile_normalise(true)
+    return smmile_normalise(strip_regions(str(generated))) == smmile_normalise(strip_regions(str(true)))
 
 
 def source(df: pd.DataFrame) -> str:
