@@ -37,6 +37,14 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 ENCODING_HELP = "text encoding of a CSV manifest (default utf-8; e.g. latin-1, cp1252)"
+DRY_RUN_COMMANDS = ("vqa", "icl")  # `panderm vqa --dry-run` is `panderm vqa dry_run=true`
+
+
+def _hydra_overrides(command: str, args: Sequence[str]) -> list[str]:
+    """`args` as Hydra overrides: ``--dry-run`` of a `DRY_RUN_COMMANDS` command becomes ``dry_run=true``."""
+    if command not in DRY_RUN_COMMANDS:
+        return list(args)
+    return ["dry_run=true" if arg == "--dry-run" else arg for arg in args]
 
 
 def _run_hydra(config_name: str, overrides: Sequence[str]) -> int:
@@ -273,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:2] == ["icl", "score"]:  # the one plain-argument action of a Hydra command
         return _icl_score(argv[2:])
     if argv and argv[0] in HYDRA_COMMANDS:  # Hydra parses its own arguments, --help included
-        return _run_hydra(argv[0], argv[1:])
+        return _run_hydra(argv[0], _hydra_overrides(argv[0], argv[1:]))
     relaunched = os.environ.get(COMMAND_ENV)
     if relaunched in HYDRA_COMMANDS and all("=" in arg for arg in argv):  # a DDP child process
         return _run_hydra(relaunched, argv)

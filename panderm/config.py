@@ -395,7 +395,11 @@ class VQAConfig:
     Image paths in `data` must lie under `image_root` (default: the file's folder); `allow_outside_root=true`
     permits other files (only files that decode as images are ever sent). `max_failed_fraction` (0-1) fails
     the run when more than that share of its requests failed after the retries; null (the default) fails it
-    only when every request failed, and 1.0 never (a partly failed run always reports how many failed)."""
+    only when every request failed, and 1.0 never (a partly failed run always reports how many failed).
+
+    `dry_run` (`panderm vqa --dry-run`) renders and counts the requests and sends none
+    (`panderm.mllm.dry_run`); `dry_run_tokenizer` is a local processor/tokenizer folder that gives a non-hf
+    backend's token counts."""
 
     seed: int = 0
     data: str | None = None
@@ -415,6 +419,8 @@ class VQAConfig:
     max_failed_fraction: float | None = None
     shown: int = 12
     progress: bool = True
+    dry_run: bool = False
+    dry_run_tokenizer: str | None = None
 
 
 @dataclass
@@ -446,8 +452,8 @@ class ICLConfig:
     `strategy` is original, zero_shot, smmile_pp, all_permutations, recency or noise; `mode` open or mcqa
     (options shuffled with `mcqa_seed`); `encoder` (a saved panderm encoder) is what kNN-ICL and the recency
     strategy's image similarity use; `cache` as in `panderm vqa` (rerun into the same folder to resume).
-    `image_root` (default: the problems file's folder), `allow_outside_root` and `max_failed_fraction` as in
-    `panderm vqa`."""
+    `image_root` (default: the problems file's folder), `allow_outside_root`, `max_failed_fraction`, `dry_run`
+    (`panderm icl --dry-run`; the judge is not dry-run) and `dry_run_tokenizer` as in `panderm vqa`."""
 
     seed: int = 0
     problems: str | None = None
@@ -475,6 +481,8 @@ class ICLConfig:
     max_failed_fraction: float | None = None
     n_boot: int = 2000
     progress: bool = True
+    dry_run: bool = False
+    dry_run_tokenizer: str | None = None
 
 
 @dataclass(frozen=True)

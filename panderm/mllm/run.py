@@ -2,7 +2,8 @@
 
 Outputs in the run folder: `responses.jsonl` (the cache, unless `cache=` points elsewhere),
 `predictions.jsonl` and `predictions.csv` (one row per sample: gold, raw reply, extracted answer, status),
-`metrics.json`, `figures/boxes.png` (predicted vs true boxes) and `report.md`/`.html`.
+`metrics.json`, `figures/boxes.png` (predicted vs true boxes) and `report.md`/`.html`; with `dry_run=true`
+(`panderm vqa --dry-run`) only `dry_run.jsonl` and `dry_run.json` (`panderm.mllm.dry_run`).
 """
 
 from __future__ import annotations
@@ -68,18 +69,23 @@ def load_samples(cfg: DictConfig, run_dir: Path) -> list[VQASample]:
     return samples
 
 
-def backend_from_config(cfg: DictConfig) -> Backend:
-    """Build the configured backend (`cfg.backend`, `cfg.generation`)."""
+def backend_from_config(cfg: DictConfig, *, offline: bool = False) -> Backend:
+    """The configured backend (`cfg.backend`, `cfg.generation`); `offline` as in `configured_backend`."""
     b = cfg.backend
     task = cfg.task if b.name == "expert" and cfg.get("force_task") else None
-    return configured_backend(b.name, b, cfg.generation, task=task)
+    return configured_backend(b.name, b, cfg.generation, task=task, offline=offline)
 
 
 def configured_backend(
-    name: str, b: DictConfig, generation: DictConfig, *, task: str | None = None
+    name: str, b: DictConfig, generation: DictConfig, *, task: str | None = None, offline: bool = False
 ) -> Backend:
     """Backend `name` from a backend config node (`model`, `adapter`, `batch_size`, `options`) and decoding
-    settings; an option the backend does not take is a ConfigError."""
+    settings; an option the backend does not take is a ConfigError. `offline`: built for a dry run, loading
+    no weights and contacting nothing (`panderm.mllm.dry_run.offline_backend`)."""
+    if offline:
+        from panderm.mllm.dry_run import offline_backend as build
+    else:
+        build = build_backend
     options: dict[str, Any] = OmegaConf.to_container(b.options, resolve=True)  # type: ignore[assignment]
     if task is not None:
         options["task"] = task
@@ -87,7 +93,7 @@ def configured_backend(
         options["model"] = b.model
     settings = GenerationSettings(**OmegaConf.to_container(generation, resolve=True))  # type: ignore[arg-type]
     try:
-        return build_backend(name, settings=settings, adapter=b.adapter, batch_size=b.batch_size, **options)
+        return build(name, settings=settings, adapter=b.adapter, batch_size=b.batch_size, **options)
     except TypeError as exc:  # an option the backend does not take, or a missing model
         raise ConfigError(f"backend={name}: {exc}; check backend.model and backend.options") from exc
 
@@ -96,8 +102,14 @@ def run_vqa(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Run `panderm vqa` into `run_dir`; returns what metrics.json holds."""
     run_dir = start_run(cfg, run_dir)
     samples = load_samples(cfg, run_dir)
-    backend = backend_from_config(cfg)
     cache_path = Path(cfg.cache) if cfg.cache else run_dir / CACHE
+    if cfg.dry_run:
+        from panderm.mllm.dry_run import dry_run
+
+        requests = [(s.id, s.conversation) for s in samples]
+        offline = backend_from_config(cfg, offline=True)
+        return dry_run(offline, requests, cache_path, run_dir, tokenizer=cfg.dry_run_tokenizer)
+    backend = backend_from_config(cfg)
     results = run_and_close(
         backend,
         [s.conversation for s in samples],

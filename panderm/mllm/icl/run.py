@@ -4,7 +4,8 @@ extract and score answers, analyse, report.
 Outputs in the run folder: `responses.jsonl` (the cache, unless `cache=` points elsewhere), `results.csv`
 (one row per prompt, SMMILE's columns first: `problem_id, final_question, true_answer, generated_answer,
 full_response`, then ours; `panderm icl score` reads it), `per_problem.csv`, `metrics.json`, figures and
-`report.md`/`.html`.
+`report.md`/`.html`; with `dry_run=true` (`panderm icl --dry-run`) only `dry_run.jsonl` and `dry_run.json`
+(`panderm.mllm.dry_run`).
 """
 
 from __future__ import annotations
@@ -146,12 +147,17 @@ def run_icl(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     )
     if not variants:
         raise ConfigError(f"strategy={cfg.strategy}: no problem of {loaded.source} yields a prompt")
-    backend = configured_backend(cfg.backend.name, cfg.backend, cfg.generation)
+    backend = configured_backend(cfg.backend.name, cfg.backend, cfg.generation, offline=cfg.dry_run)
     one_order = backend.order_invariant and cfg.strategy in ORDER_ONLY
     if one_order:  # its other orders would only repeat the reply
         variants = one_order_per_problem(variants)
     prompts = [prompt(v, cfg.mode, cfg.mcqa_seed) for v in variants]
     cache_path = Path(cfg.cache) if cfg.cache else run_dir / CACHE
+    if cfg.dry_run:
+        from panderm.mllm.dry_run import dry_run
+
+        requests = [(v.id, c) for v, (c, _) in zip(variants, prompts, strict=True)]
+        return dry_run(backend, requests, cache_path, run_dir, tokenizer=cfg.dry_run_tokenizer)
     results = run_and_close(
         backend,
         [c for c, _ in prompts],
