@@ -29,14 +29,14 @@ from typing import Any
 
 from PIL import Image
 
-from panderm.errors import BackendError, DataError
+from panderm.errors import BackendError
 from panderm.io import atomic_write_json, write_jsonl
 from panderm.mllm.backends import Backend, build_backend
 from panderm.mllm.backends.base import resolve_device
 from panderm.mllm.backends.hf import HFBackend, prompt_text, resolve_dtype
 from panderm.mllm.cache import ResponseCache
-from panderm.mllm.conversation import Conversation, ImagePart, TextPart, check_images, decode_rgb
-from panderm.mllm.requests import backend_key
+from panderm.mllm.conversation import Conversation, ImagePart, TextPart, decode_rgb
+from panderm.mllm.requests import backend_key, render_checked
 
 log = logging.getLogger(__name__)
 DETAILS = "dry_run.jsonl"
@@ -125,13 +125,7 @@ def _dry_run(
     run_dir: Path,
     tokenizer: str | None,
 ) -> dict[str, Any]:
-    rendered = [backend.render(c) for _, c in requests]  # what run_requests does first (max_images too)
-    problems = check_images(p for c in rendered for p in c.images())
-    if problems:
-        raise DataError(
-            f"dry run: {len(problems)} image(s) cannot be sent to a model, so the real run would send "
-            "nothing; replace them with image files or remove their rows:\n  " + "\n  ".join(problems)
-        )
+    rendered = render_checked(backend, [c for _, c in requests])  # as the real run does (max_images too)
     keys = [backend_key(backend, r) for r in rendered]
     cache = ResponseCache(cache_path)  # read only: nothing is put
     cached = {k for k in set(keys) if cache.final(k) is not None}

@@ -50,6 +50,19 @@ def backend_key(backend: Backend, rendered: Conversation) -> str:
     return request_key(backend.name, backend.model, backend.identity(), rendered)
 
 
+def render_checked(backend: Backend, conversations: Sequence[Conversation]) -> list[Conversation]:
+    """The conversations as `backend` sends them (`render`), once every image is known to decode: DataError
+    naming every image that is missing or not an image otherwise, before anything is sent."""
+    rendered = [backend.render(c) for c in conversations]
+    problems = check_images(p for c in rendered for p in c.images())
+    if problems:
+        raise DataError(
+            f"{len(problems)} image(s) cannot be sent to a model, so nothing was sent; replace them with "
+            "image files or remove their rows:\n  " + "\n  ".join(problems)
+        )
+    return rendered
+
+
 def run_requests(
     backend: Backend,
     conversations: Sequence[Conversation],
@@ -62,13 +75,7 @@ def run_requests(
 ) -> list[CacheResult]:
     """One CacheResult per conversation, in order (see the module docstring for batching and failures).
     Raises DataError naming every image that is missing or not an image, before any request."""
-    rendered = [backend.render(c) for c in conversations]
-    problems = check_images(p for c in rendered for p in c.images())
-    if problems:
-        raise DataError(
-            f"{len(problems)} image(s) cannot be sent to a model, so nothing was sent; replace them with "
-            "image files or remove their rows:\n  " + "\n  ".join(problems)
-        )
+    rendered = render_checked(backend, conversations)
     keys = [backend_key(backend, r) for r in rendered]
     meta: dict[str, Any] = {"backend": backend.name, "model": backend.model}
     results: dict[str, CacheResult] = {}

@@ -28,7 +28,7 @@ from panderm.mllm.region_vqa import make_region_vqa
 from panderm.mllm.regions import parse_regions
 from panderm.mllm.requests import run_and_close
 from panderm.mllm.samples import TASKS, VQASample
-from panderm.mllm.scoring import headline, score_run, write_predictions
+from panderm.mllm.scoring import check_region_style, headline, score_run, write_predictions
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
 
@@ -40,6 +40,7 @@ def load_samples(cfg: DictConfig, run_dir: Path) -> list[VQASample]:
     """The samples `cfg` selects: from `cfg.data` (MedRegA JSONL) or the generated default set."""
     if cfg.task != "all" and cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is not one of all, {', '.join(TASKS)}")
+    check_region_style(cfg.region_style)  # before any model call, not when the replies are scored
     if cfg.force_task and cfg.task == "all":
         raise ConfigError("force_task=true needs task=<one task>")
     if cfg.data:

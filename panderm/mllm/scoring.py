@@ -52,13 +52,18 @@ def _gold_regions(sample: VQASample) -> list:
     return parse_regions(sample.answer, sample.width or 1, sample.height or 1, "medrega")
 
 
+def check_region_style(region_style: str) -> None:
+    """ConfigError unless `region_style` is one of `PARSE_STYLES` (the styles and "auto")."""
+    if region_style not in PARSE_STYLES:
+        raise ConfigError(f"region_style={region_style!r} is not one of {', '.join(PARSE_STYLES)}")
+
+
 def score_run(
     samples: Sequence[VQASample], results: Sequence[CacheResult], *, region_style: str = "medrega"
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, rows): metrics = {"n", "n_failed", "failures", "tasks": {task: scores}}; one row a sample.
     `ConfigError` for a `region_style` that is not one of `PARSE_STYLES`, whatever the tasks."""
-    if region_style not in PARSE_STYLES:
-        raise ConfigError(f"region_style={region_style!r} is not one of {', '.join(PARSE_STYLES)}")
+    check_region_style(region_style)
     rows: list[dict[str, Any]] = []
     by_task: dict[str, list[int]] = {}
     failures = []

@@ -39,6 +39,7 @@ from panderm.mllm.icl.strategies import (
     one_order_per_problem,
 )
 from panderm.mllm.icl.synth import make_icl_problems
+from panderm.mllm.regions import strip_regions
 from panderm.mllm.requests import run_and_close
 from panderm.mllm.run import configured_backend
 from panderm.report import Report
@@ -89,7 +90,7 @@ def result_row(variant: Variant, result: CacheResult, options: MCQAOptions | Non
         "problem_id": variant.id,
         "final_question": problem.query.question,
         "true_answer": problem.query.answer,
-        "generated_answer": (reply or "").strip(),
+        "generated_answer": strip_regions(reply or "").strip(),  # box markup is not an answer
         "full_response": reply or "",
         "base_problem_id": problem.problem_id,
         "strategy": variant.strategy,
