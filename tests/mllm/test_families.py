@@ -37,6 +37,22 @@ ADAPTERS = {
     "paligemma": "paligemma",
     "mllama": "mllama",
 }
+# which per-image caches of the hf backend serve the family: (preprocessing, vision encoder); the others
+# take the processor's or encoder's own call (same replies, no reuse across prompts)
+VISION_CACHE = {
+    "qwen2_vl": (True, True),
+    "qwen2_5_vl": (True, True),
+    "qwen3_vl": (True, False),  # its encoder also returns deepstack features, which the cache does not split
+    "llava": (True, True),
+    "llava_next": (False, False),
+    "llava_onevision": (False, False),
+    "internvl": (False, True),
+    "idefics3": (False, False),
+    "smolvlm": (False, False),
+    "gemma3": (False, True),
+    "paligemma": (True, True),
+    "mllama": (False, False),
+}
 SETTINGS = GenerationSettings(max_new_tokens=5)
 
 
@@ -108,9 +124,15 @@ def test_batched_replies_equal_single_replies(family, tiny, data, monkeypatch):
     rendered = [backend.render(c) for c in conversations(data["images"])]
     recorder = BatchRecorder(monkeypatch)
     batched = backend.generate(rendered)
+    stats = backend.vision_stats()  # 7 images in the prompts, 4 distinct
+    preprocessed, encoded = VISION_CACHE[family]
+    assert stats["images_seen"] == 7
+    assert (stats["images_preprocessed"] == 4) is preprocessed and stats["images_preprocessed"] >= 4
+    assert (stats["images_encoded"] == 4) is encoded and stats["images_encoded"] >= 4
     backend.batch_size = 1
     single = backend.generate(rendered)
-    assert recorder.errors == [] and recorder.sizes == [4, 1, 1, 1, 1]
+    # Mllama pads image slots, so its batches hold prompts of one image count (here 1, 1 | 2 | 3)
+    assert recorder.errors == [] and recorder.sizes == ([2, 1, 1] if family == "mllama" else [4]) + [1] * 4
     assert batched == single
     assert all(isinstance(reply, str) for reply in batched)
     assert len(set(single)) > 1  # replies depend on the prompt: the test would notice a constant reply

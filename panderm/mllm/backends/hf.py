@@ -49,6 +49,12 @@ REGION_TOKENS = re.compile(
 )
 
 
+# Processors that pad every prompt of a batch to the batch's largest image count. With Mllama, transformers
+# lets the text before a prompt's first image attend to those empty slots (Meta's reference masks that
+# output), so a reply would depend on its neighbours' image counts: such batches are formed per count.
+IMAGE_SLOT_PROCESSORS = frozenset({"MllamaProcessor"})
+
+
 def prompt_text(processor: Any, conversation: Conversation) -> str:
     """The prompt text for a rendered conversation: the processor's chat template, or for a processor
     without one (PaliGemma) the plain format: one image token per image, then the turns' texts, one line
@@ -233,10 +239,20 @@ class HFBackend(Backend):
     # -- generation ----------------------------------------------------------------------------------------
 
     def generate(self, conversations: Sequence[Conversation]) -> list[str]:
-        """One reply per rendered conversation, run in chunks of `batch_size`."""
-        replies: list[str] = []
-        for start in range(0, len(conversations), self.batch_size):
-            replies += self._generate_batch(conversations[start : start + self.batch_size])
+        """One reply per rendered conversation, run in chunks of `batch_size` (for processors that pad image
+        slots, `IMAGE_SLOT_PROCESSORS`, each chunk holds prompts with one number of images)."""
+        indices = list(range(len(conversations)))
+        groups: list[list[int]] = [indices]
+        if type(self._loaded()[1]).__name__ in IMAGE_SLOT_PROCESSORS:
+            count = {i: len(conversations[i].images()) for i in indices}
+            groups = [[i for i in indices if count[i] == n] for n in sorted(set(count.values()))]
+        replies: list[str] = [""] * len(conversations)
+        for group in groups:
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start : start + self.batch_size]
+                batch = self._generate_batch([conversations[i] for i in chunk])
+                for i, reply in zip(chunk, batch, strict=True):
+                    replies[i] = reply
         return replies
 
     def _generate_batch(self, conversations: Sequence[Conversation]) -> list[str]:
@@ -271,6 +287,7 @@ class HFBackend(Backend):
             ).to(self.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            inputs.pop("labels", None)  # PaliGemma's processor adds training labels; generation needs none
             with (
                 torch.inference_mode(),
                 torch.random.fork_rng(devices=self._rng_devices()),
