@@ -31,6 +31,18 @@ class DataSource(StrEnum):
     dicom = "dicom"
     nifti = "nifti"
     shards = "shards"
+    # public datasets in their published layouts (panderm.data.readers.public)
+    ham10000 = "ham10000"
+    isic2019 = "isic2019"
+    isic2020 = "isic2020"
+    bcn20000 = "bcn20000"
+    pad_ufes20 = "pad_ufes20"
+    derm7pt = "derm7pt"
+    ddi = "ddi"
+    fitzpatrick17k = "fitzpatrick17k"
+    chestxray14 = "chestxray14"
+    chexpert = "chexpert"
+    rsna_pneumonia = "rsna_pneumonia"
 
 
 @dataclass
@@ -42,7 +54,9 @@ class DataConfig:
     streamed by `panderm pretrain` only); `out_dir` is where generated or exported images go (default:
     `<run folder>/data/<name>`). `encoding` is the text encoding of a CSV manifest (default UTF-8; e.g.
     `data.encoding=latin-1`). `mask_threshold` (0-255) binarises masks that are not binary on purpose
-    (foreground = value > threshold, e.g. JPEG masks); by default a mask must be binary.
+    (foreground = value > threshold, e.g. JPEG masks); by default a mask must be binary. A public dataset's
+    `path` is its folder as published; `options` are its reader's keyword options (e.g. CheXpert's
+    `data.options.uncertain=ones`), and a split it makes is saved under `out_dir`.
     """
 
     source: DataSource = DataSource.synthderm
@@ -61,6 +75,7 @@ class DataConfig:
     allow_outside_root: bool = False
     encoding: str | None = None
     mask_threshold: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -59,7 +59,12 @@ def _read(cfg: DataConfig, workdir: str | os.PathLike[str]) -> Manifest:
             mask_threshold=cfg.mask_threshold,
         )
     from panderm.data import readers
+    from panderm.data.readers.public import PUBLIC_READERS, read_public
 
+    if source.value in PUBLIC_READERS:
+        return read_public(source.value, cfg.path, out_dir=out_dir, seed=cfg.seed, **cfg.options)
+    if cfg.options:
+        raise ConfigError(f"data.options is for the public-dataset readers, not data.source={source.value}")
     if source is DataSource.medmnist:
         return readers.read_medmnist(cfg.path, out_dir, classes=classes)
     if source is DataSource.isic:
