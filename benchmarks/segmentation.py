@@ -1,14 +1,13 @@
 """Segmentation inference speed in one run: the whole predict path against a bare forward pass.
 
-Ours: `probes.seg_predict.predict_masks` over a DataLoader of `PredictionDataset` samples (new images, no
-true masks to read), i.e. decode each image file, resize it to the model size, normalise, forward (encoder +
-head), resample the logits to the
-image's original size and take the argmax, one (H, W) mask per image. Baseline: the same model's forward on
-the same images already decoded, resized and normalised in memory (`model(x)` per batch, no resampling).
-The images are a generated SynthDerm archive (`--images` images at `--source-size` px); the model is a
-randomly initialised ViT from `--encoder` with each head of `--heads`, frozen, in eval mode. Calls alternate
-(bare, ours, bare, ...) `--repeats` times; the ratio is the median over calls of bare seconds / our seconds
-(our images/s over bare images/s; goal >= 0.9).
+Ours: `probes.segmentation.predict.predict_masks` over a DataLoader of `PredictionDataset` samples (new
+images, no true masks to read), i.e. decode each image file, resize it to the model size, normalise, forward
+(encoder + head), resample the logits to the image's original size and take the argmax, one (H, W) mask per
+image. Baseline: the same model's forward on the same images already decoded, resized and normalised in memory
+(`model(x)` per batch, no resampling). The images are a generated SynthDerm archive (`--images` images at
+`--source-size` px); the model is a randomly initialised ViT from `--encoder` with each head of `--heads`,
+frozen, in eval mode. Calls alternate (bare, ours, bare, ...) `--repeats` times; the ratio is the median over
+calls of bare seconds / our seconds (our images/s over bare images/s; goal >= 0.9).
 
     .venv/bin/python benchmarks/segmentation.py [--heads linear,fpn_upernet,unetr] [--num-workers 2]
 """
@@ -30,8 +29,8 @@ from panderm.data.synthetic.synthderm import generate_synthderm
 from panderm.data.transforms import model_input_transform
 from panderm.models.seg_heads import build_segmentation_model
 from probes.encoders import load_probe_encoder
-from probes.seg_data import PredictionDataset
-from probes.seg_predict import predict_masks
+from probes.segmentation.data import PredictionDataset
+from probes.segmentation.predict import predict_masks
 
 
 def compare(

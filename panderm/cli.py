@@ -26,7 +26,10 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("panderm.pretrain.run:run_pretrain", "self-supervised pretraining of an encoder"),
     # named, not imported: `panderm` never imports the `probes` package (it builds on panderm)
     "probe": ("probes.run:run_probe", "evaluate a frozen encoder (or a features .npz) with one probe"),
-    "segment": ("probes.segment:run_segment", "train and evaluate a segmentation head on an encoder"),
+    "segment": (
+        "probes.segmentation.run:run_segment",
+        "train and evaluate a segmentation head on an encoder",
+    ),
     "vqa": (
         "panderm.mllm.run:run_vqa",
         "region-aware medical VQA with an MLLM backend (hf, openai, expert): cached, resumable, scored",

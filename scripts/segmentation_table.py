@@ -28,9 +28,9 @@ from panderm.data.images import load_image, load_mask
 from panderm.data.manifest import Manifest, read_manifest
 from panderm.data.readers import read_isic, read_ph2
 from panderm.pretrain.run import run_pretrain
-from probes.seg_baselines import CentreEllipse, otsu_segment
-from probes.seg_metrics import segmentation_metrics, summarise
-from probes.segment import run_segment
+from probes.segmentation.baselines import CentreEllipse, otsu_segment
+from probes.segmentation.metrics import segmentation_metrics, summarise
+from probes.segmentation.run import run_segment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEADS = ("linear", "fpn_upernet", "unetr")

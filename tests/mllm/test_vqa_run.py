@@ -83,7 +83,7 @@ def test_task_and_language_selection(synth, tmp_path):
         run_vqa(vqa_config(*common, "task=segment"), tmp_path / "bad")
     with pytest.raises(ConfigError, match="force_task=true needs"):
         run_vqa(vqa_config(*common, "force_task=true"), tmp_path / "bad")
-    with pytest.raises(ConfigError, match="region_style=.paligema. is not one of medrega, .*, auto"):
+    with pytest.raises(ConfigError, match=r"region_style=.paligema. is not one of medrega, .*, auto"):
         run_vqa(vqa_config(*common, "region_style=paligema"), tmp_path / "style")
     assert not (tmp_path / "style" / "responses.jsonl").exists()  # refused before any call
 

@@ -9,8 +9,8 @@ import pytest
 
 from panderm.data.images import load_image, load_mask
 from panderm.errors import ProbeError
-from probes.seg_baselines import CentreEllipse, ellipse_mask, otsu_segment, otsu_threshold
-from probes.seg_metrics import segmentation_metrics, summarise
+from probes.segmentation.baselines import CentreEllipse, ellipse_mask, otsu_segment, otsu_threshold
+from probes.segmentation.metrics import segmentation_metrics, summarise
 from tests.conftest import shared_path
 
 

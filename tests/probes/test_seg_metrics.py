@@ -11,7 +11,7 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import f1_score, jaccard_score
 
 from panderm.errors import ProbeError
-from probes.seg_metrics import postprocess, segmentation_metrics, summarise
+from probes.segmentation.metrics import postprocess, segmentation_metrics, summarise
 
 
 def random_blobs(n: int, size: int, seed: int, level: float = 0.55) -> np.ndarray:

@@ -24,11 +24,11 @@ from panderm.models.encoder import Encoder
 from panderm.models.seg_heads import load_segmenter
 from panderm.models.seg_outputs import logits_to_masks
 from panderm.paths import config_dir
-from probes import segment
-from probes.seg_data import SegmentationDataModule, masked_counts
-from probes.seg_predict import window_logits
-from probes.seg_train import SegmentationTask
-from probes.segment import build_model, run_segment
+from probes.segmentation import run as segment
+from probes.segmentation.data import SegmentationDataModule, masked_counts
+from probes.segmentation.predict import window_logits
+from probes.segmentation.run import build_model, run_segment
+from probes.segmentation.train import SegmentationTask
 from tests.killing import (
     SigtermAt,
     Snapshots,

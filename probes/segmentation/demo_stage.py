@@ -10,8 +10,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from panderm.config import SegmentConfig
-from probes.seg_data import with_masks
-from probes.segment import run_segment
+from probes.segmentation.data import with_masks
+from probes.segmentation.run import run_segment
 
 
 def segment_stage(ctx: Any) -> None:

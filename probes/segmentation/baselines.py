@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from panderm.errors import ProbeError
-from probes.seg_metrics import postprocess
+from probes.segmentation.metrics import postprocess
 
 __all__ = ["CentreEllipse", "ellipse_mask", "otsu_segment", "otsu_threshold"]
 

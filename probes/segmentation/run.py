@@ -36,10 +36,10 @@ from panderm.runs import start_run, write_metrics
 from probes.encoders import load_probe_encoder, state_hash
 from probes.features import resolve_device
 from probes.plots import plot_overlay_grid
-from probes.seg_data import PredictionDataset, SegmentationDataModule, masked_counts
-from probes.seg_metrics import postprocess, segmentation_metrics, summarise
-from probes.seg_predict import PREDICT_MODES, predict_masks
-from probes.seg_train import SegmentationTask
+from probes.segmentation.data import PredictionDataset, SegmentationDataModule, masked_counts
+from probes.segmentation.metrics import postprocess, segmentation_metrics, summarise
+from probes.segmentation.predict import PREDICT_MODES, predict_masks
+from probes.segmentation.train import SegmentationTask
 
 log = logging.getLogger(__name__)
 
