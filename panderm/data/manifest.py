@@ -1,10 +1,18 @@
 """The manifest: one row per image, validated once, up front, with every problem reported together.
 
 Columns (DESIGN.md): `image` (path relative to the root), `split` (train/val/test), `label` (int or class
-name; optional), and optionally `patient_id`, `modality`, `mask` (path), `bbox` (``x1,y1,x2,y2`` in pixels;
-several boxes joined by ``;``) and `slice` (index into a volume). PanDerm's CSV (`image`, `split`, `label`
-or `binary_label`) loads unchanged. Any other column is kept as metadata. Row numbers in messages are
-1-based data rows (the CSV header is not counted, so row N is on line N + 1).
+name; optional) or, for multi-label data, `label_set` (see below), and optionally `patient_id`, `modality`,
+`mask` (path), `bbox` (``x1,y1,x2,y2`` in pixels; several boxes joined by ``;``) and `slice` (index into a
+volume). PanDerm's CSV (`image`, `split`, `label` or `binary_label`) loads unchanged.
+Any other column is kept as metadata. Row numbers in messages are 1-based data rows (the CSV header is not
+counted, so row N is on line N + 1).
+
+Multi-label manifests (ChestX-ray14, CheXpert, ChestMNIST) have `label_set` instead of `label`: the row's
+positive class names joined by ``|`` (empty = no positive finding, ChestX-ray14's "No Finding"), and
+optionally `uncertain_set`, the names whose label is unknown for that row (left out of the loss and the
+metrics for that label: CheXpert's "ignore" policy). `classes` is the label vocabulary; `Manifest.targets()`
+gives the (N, C) float32 matrix of 1/0 with NaN where uncertain. Both sets are stored normalised (names in
+class order, joined by ``|``), so `Manifest.save` and `read_manifest(..., classes=...)` round-trip them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 REQUIRED_COLUMNS = ("image", "split")
 KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice")
+# multi-label columns, kept out of KNOWN_COLUMNS: the misspelt-column check of other files stays as it was
+LABEL_SET, UNCERTAIN_SET = "label_set", "uncertain_set"
+SET_COLUMNS = (LABEL_SET, UNCERTAIN_SET)
+SET_SEPARATOR = "|"
 
 PROBE_THREADS = 8
 # difflib similarity above which an unknown column is taken for a misspelt known one: `lable`, `Label`,
@@ -97,15 +109,40 @@ class Manifest:
         return len(self.table)
 
     @property
+    def is_multilabel(self) -> bool:
+        """Whether the rows carry label sets (`label_set`, `targets()`) rather than one `label` each."""
+        return LABEL_SET in self.table
+
+    @property
     def has_labels(self) -> bool:
+        if self.is_multilabel:  # every row has a label set (an empty one is "no positive finding")
+            return len(self.table) > 0
         return "label" in self.table and bool(self.table["label"].notna().any())
+
+    def targets(self) -> np.ndarray:
+        """Multi-label targets (N, C) float32: 1 where the class is in the row's `label_set`, NaN where it is
+        in `uncertain_set`, else 0 (columns in `classes` order). Raises `ManifestError` for a single-label
+        manifest."""
+        if not self.is_multilabel:
+            raise ManifestError(
+                self.source, ["targets() needs a multi-label manifest (a 'label_set' column)"]
+            )
+        index = {name: i for i, name in enumerate(self.classes or ())}
+        out = np.zeros((len(self.table), len(index)), np.float32)
+        for column, value in ((LABEL_SET, 1.0), (UNCERTAIN_SET, np.nan)):
+            if column in self.table:
+                for i, cell in enumerate(self.table[column]):
+                    out[i, [index[name] for name in split_set(cell)]] = value
+        return out
 
     @property
     def num_classes(self) -> int:
         return len(self.classes or ())
 
     def unlabeled_rows(self) -> list[int]:
-        """Source-file row numbers (1-based) of the rows without a label."""
+        """Source-file row numbers (1-based) of the rows without a label (none in a multi-label manifest)."""
+        if self.is_multilabel:
+            return []
         if "label" not in self.table:
             return self.table["row"].tolist()
         return self.table.loc[self.table["label"].isna(), "row"].tolist()
@@ -168,6 +205,16 @@ class Manifest:
         return write_table(table, path)
 
 
+def split_set(cell: object) -> list[str]:
+    """The names of a `label_set`/`uncertain_set` cell: text joined by ``|`` (blank names dropped), or a list
+    (a Parquet list column); an empty or missing cell gives ``[]``."""
+    if isinstance(cell, list | tuple | np.ndarray):
+        return [str(v).strip() for v in cell if str(v).strip()]
+    if cell is None or pd.isna(cell):  # type: ignore[arg-type]
+        return []
+    return [name.strip() for name in str(cell).split(SET_SEPARATOR) if name.strip()]
+
+
 def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a DataFrame atomically as CSV or Parquet (chosen by the file suffix)."""
     path = Path(path)
@@ -196,7 +243,14 @@ def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> 
             return pd.read_parquet(path)
         frame = pd.read_csv(
             path,
-            dtype={"image": str, "mask": str, "patient_id": str, "bbox": str},
+            dtype={
+                "image": str,
+                "mask": str,
+                "patient_id": str,
+                "bbox": str,
+                LABEL_SET: str,
+                UNCERTAIN_SET: str,
+            },
             encoding=encoding or "utf-8",
         )
         return _names_as_written(path, frame, encoding or "utf-8")
@@ -216,7 +270,7 @@ def _names_as_written(path: Path, frame: pd.DataFrame, encoding: str) -> pd.Data
     them: pandas reads cells such as "NA", "None" or "null" as missing, which would drop a class or a patient
     of that name without a word; only an empty cell is missing. (In a column of codes such cells stay
     missing, and a gap among codes is reported.)"""
-    columns = [c for c in ("label", "binary_label", "patient_id") if c in frame.columns]
+    columns = [c for c in ("label", "binary_label", "patient_id", *SET_COLUMNS) if c in frame.columns]
     if not columns:
         return frame
     exact = pd.read_csv(
@@ -224,7 +278,7 @@ def _names_as_written(path: Path, frame: pd.DataFrame, encoding: str) -> pd.Data
     )
     for column in columns:
         codes = pd.api.types.is_numeric_dtype(frame[column]) and bool(frame[column].notna().any())
-        if column == "patient_id" or not codes:
+        if column in ("patient_id", *SET_COLUMNS) or not codes:
             frame[column] = exact[column]
     return frame
 
@@ -274,7 +328,10 @@ def build_manifest(
     """Normalise and validate a manifest table; raises `ManifestError` with every problem at once.
 
     `classes` is the class list (names, or a count for integer labels); when omitted it is inferred from the
-    labels (sorted names, or 0..max for integers). `check_files` checks that every image/mask exists and
+    labels (sorted names, or 0..max for integers). A multi-label table (`label_set`, optional `uncertain_set`)
+    is checked against `classes` (names; when omitted, the sorted names found): an unknown name, or a name
+    both positive and uncertain in one row, is a problem naming the row; `label` and `label_set` together
+    are refused. `check_files` checks that every image/mask exists and
     opens (`deep` decodes it fully, which also catches truncated files).
     """
     problems: list[str] = []
@@ -287,9 +344,14 @@ def build_manifest(
     table.insert(0, "row", np.arange(1, len(table) + 1))
     table["image"] = table["image"].astype(str).str.strip()
     table["split"] = _normalise_splits(table, problems)
-    label_codes, class_tuple = _normalise_labels(table, classes, problems)
-    if label_codes is not None:
-        table["label"] = label_codes
+    if LABEL_SET in table:
+        class_tuple = _normalise_label_sets(table, classes, problems)
+    else:
+        if UNCERTAIN_SET in table:
+            problems.append(f"column {UNCERTAIN_SET!r} needs a {LABEL_SET!r} column (multi-label manifests)")
+        label_codes, class_tuple = _normalise_labels(table, classes, problems)
+        if label_codes is not None:
+            table["label"] = label_codes
     if "bbox" in table:
         table["bbox"] = table["bbox"].map(_box_text)
     manifest = Manifest(
@@ -390,6 +452,47 @@ def _normalise_labels(
                 f"row {table.at[idx, 'row']}: field 'label': {value!r} is outside the classes {expected}"
             )
     return codes, class_tuple
+
+
+def _normalise_label_sets(
+    table: pd.DataFrame, classes: Sequence[str] | int | None, problems: list[str]
+) -> tuple[str, ...] | None:
+    """Check `label_set`/`uncertain_set` against the class names and rewrite them in place normalised (names
+    in class order, joined by ``|``); returns the class tuple (inferred: sorted names found)."""
+    if "label" in table:
+        problems.append(
+            f"columns 'label' and {LABEL_SET!r} are both present: a manifest is single-label ('label') or "
+            f"multi-label ({LABEL_SET!r}); drop one of them"
+        )
+    sets = {c: [split_set(cell) for cell in table[c]] for c in SET_COLUMNS if c in table}
+    if isinstance(classes, int):
+        problems.append(f"multi-label manifests need class names, not a count ({classes})")
+        classes = None
+    class_tuple = _class_tuple(classes)
+    if class_tuple is None:
+        class_tuple = tuple(sorted({name for rows in sets.values() for names in rows for name in names}))
+    index = {name: i for i, name in enumerate(class_tuple)}
+    rows = table["row"].tolist()
+    for column, cells in sets.items():
+        normalised = []
+        for row, names in zip(rows, cells, strict=True):
+            for name in dict.fromkeys(names):
+                if name not in index:
+                    problems.append(
+                        f"row {row}: field {column!r}: {name!r} is not a class (classes: {list(class_tuple)})"
+                    )
+            known = sorted({n for n in names if n in index}, key=index.__getitem__)
+            normalised.append(SET_SEPARATOR.join(known))
+        table[column] = normalised
+    if UNCERTAIN_SET in sets:
+        for row, positive, uncertain in zip(rows, sets[LABEL_SET], sets[UNCERTAIN_SET], strict=True):
+            both = sorted(set(positive) & set(uncertain))
+            if both:
+                problems.append(
+                    f"row {row}: {both} in both {LABEL_SET!r} and {UNCERTAIN_SET!r}; a label is positive or "
+                    "uncertain, not both"
+                )
+    return class_tuple
 
 
 def _class_tuple(classes: Sequence[str] | int | None) -> tuple[str, ...] | None:
