@@ -13,9 +13,22 @@ import numpy as np
 from scipy.stats import rankdata
 
 from panderm.errors import ConfigError
+from panderm.stats import bootstrap_indices, delong_cov, structural_components
 
 Fom = Literal["auc", "sensitivity", "specificity", "accuracy"]
 FOMS: tuple[str, ...] = ("auc", "sensitivity", "specificity", "accuracy")
+# one implementation of DeLong and of the stratified case bootstrap, shared with the probes' leaderboard
+__all__ = [
+    "FOMS",
+    "bootstrap_cov",
+    "bootstrap_foms",
+    "bootstrap_indices",
+    "delong_cov",
+    "fom_and_jackknife",
+    "fom_values",
+    "jackknife_cov",
+    "structural_components",
+]
 
 
 def _check_fom(fom: str, threshold: float | None) -> None:
@@ -23,21 +36,6 @@ def _check_fom(fom: str, threshold: float | None) -> None:
         raise ConfigError(f"fom: unknown figure of merit {fom!r}; expected one of {FOMS}")
     if fom != "auc" and threshold is None:
         raise ConfigError(f"threshold: fom={fom!r} needs a threshold (rating >= threshold is positive)")
-
-
-def structural_components(x: np.ndarray, n0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DeLong structural components of the empirical AUC (ties count 1/2), via mid-ranks.
-
-    Returns ``(auc, v10, v01)``: ``auc`` of shape ``x.shape[:-1]``; ``v10[..., j]`` = mean over negatives of
-    psi(positive j, negative); ``v01[..., i]`` = mean over positives of psi(positive, negative i).
-    """
-    n1 = x.shape[-1] - n0
-    r_all = rankdata(x, axis=-1)
-    r_neg = rankdata(x[..., :n0], axis=-1)
-    r_pos = rankdata(x[..., n0:], axis=-1)
-    v10 = (r_all[..., n0:] - r_pos) / n0  # (# negatives below + ties / 2) / n0
-    v01 = 1.0 - (r_all[..., :n0] - r_neg) / n1  # (# positives above + ties / 2) / n1
-    return v10.mean(axis=-1), v10, v01
 
 
 def fom_values(x: np.ndarray, n0: int, fom: str = "auc", threshold: float | None = None) -> np.ndarray:
@@ -91,35 +89,6 @@ def jackknife_cov(loo: np.ndarray) -> np.ndarray:
     d = loo.reshape(-1, k)
     d = d - d.mean(axis=1, keepdims=True)
     return (k - 1) / k * (d @ d.T)
-
-
-def delong_cov(x: np.ndarray, n0: int) -> np.ndarray:
-    """DeLong et al. (1988) covariance of the empirical AUCs (flattened leading axes): S10/n1 + S01/n0."""
-    _, v10, v01 = structural_components(x, n0)
-    n1 = x.shape[-1] - n0
-    p10 = v10.reshape(-1, n1)
-    p01 = v01.reshape(-1, n0)
-    return (
-        np.cov(p10) / n1 + np.cov(p01) / n0
-        if p10.shape[0] > 1
-        else np.atleast_2d(p10.var(ddof=1) / n1 + p01.var(ddof=1) / n0)
-    )
-
-
-def bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Case indices of `n_boot` bootstrap samples, drawn with replacement within each stratum (sorted stratum
-    values, one ``rng.integers`` call each); shape (n_boot, n_cases), each row keeps the stratum sizes."""
-    if n_boot < 2:
-        raise ConfigError(f"n_boot: need at least 2 bootstrap samples, got {n_boot}")
-    # Not scipy.stats.bootstrap: it resamples each sample alone, while here cases are shared by every
-    # reader and condition and resampled within truth strata.
-    rng = np.random.default_rng(seed)
-    strata = np.asarray(strata)
-    blocks = []
-    for s in np.unique(strata):
-        members = np.flatnonzero(strata == s)
-        blocks.append(members[rng.integers(0, len(members), (n_boot, len(members)))])
-    return np.concatenate(blocks, axis=1)
 
 
 def bootstrap_foms(

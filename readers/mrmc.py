@@ -20,7 +20,8 @@ import pandas as pd
 from scipy import stats
 
 from panderm.errors import ConfigError, DataError
-from readers.auc import FOMS, bootstrap_cov, delong_cov, fom_and_jackknife, fom_values, jackknife_cov
+from panderm.stats import delong_cov
+from readers.auc import FOMS, bootstrap_cov, fom_and_jackknife, fom_values, jackknife_cov
 from readers.schema import ReaderStudy
 
 CovMethod = Literal["jackknife", "delong", "bootstrap"]
