@@ -12,12 +12,22 @@ depend on the images and the text, and the same seed gives the same weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from panderm.mllm.tiny.common import (
+    INIT_RANGE,
+    TEXT_WIDTH,
+    VOCAB_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    token_ids,
+)
 
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 # Gemma 3's turn, image and padding tokens: every special token its processor, config and template name
 GEMMA3_TOKENS: tuple[str, ...] = (
@@ -57,16 +67,9 @@ GEMMA3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
-_TEXT = {  # the text model's size, shared by both families
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+# the text model's size beyond the shared one, for both families
+_TEXT: dict[str, Any] = {
     "head_dim": 16,
-    "max_position_embeddings": 2048,
-    # far above the usual 0.02: with near-uniform attention a random model ignores its input
-    "initializer_range": 0.3,
     # untied: with Gemma's embedding scale, tied random weights make each step repeat the last token
     "tie_word_embeddings": False,
 }
@@ -80,52 +83,24 @@ _VISION = {  # a one-layer SigLIP tower, patches of 14 pixels
 }
 
 
-def _output_folder(out_dir: str | Path, who: str) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{who}: out_dir {out} exists and is not a folder")
-    return out
-
-
-def _tokenizer(special_tokens: tuple[str, ...], vocab_size: int, **named: Any) -> Any:
+def _tokenizer(special_tokens: tuple[str, ...], vocab_size: int, **named: Any) -> PreTrainedTokenizerFast:
     """The shared BPE tokenizer with `special_tokens`, as a fast tokenizer with Gemma's bos/eos/pad."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(vocab_size, special_tokens),
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        **named,
+    return fast_tokenizer(
+        special_tokens, vocab_size, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", **named
     )
 
 
-def _random_model(model_class: Any, config: Any, seed: int) -> Any:
-    """`model_class(config)` with weights drawn from `seed`; projections Gemma initialises to zero (which
-    would make a random model blind) are redrawn with the config's initializer range."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config).eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith("mm_input_projection_weight"):
-                    parameter.normal_(0.0, _TEXT["initializer_range"])
-                elif name.endswith("embed_tokens.weight"):
-                    parameter.div_(_TEXT["hidden_size"] ** 0.5)
-    return model
+def _unblind(model: PreTrainedModel) -> None:
+    """Redraw the projections Gemma initialises to zero (which would make a random model blind) with the
+    initializer range, and undo Gemma's embedding scale on the random embeddings."""
+    for name, parameter in model.named_parameters():
+        if name.endswith("mm_input_projection_weight"):
+            parameter.normal_(0.0, INIT_RANGE)
+        elif name.endswith("embed_tokens.weight"):
+            parameter.div_(TEXT_WIDTH**0.5)
 
 
-def _save(out: Path, model: Any, processor: Any, eos_ids: list[int], pad_id: int) -> Path:
-    from transformers import GenerationConfig
-
-    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad_id, do_sample=False)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
+def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = VOCAB_SIZE) -> Path:
     """Write a tiny random Gemma 3 checkpoint (model, Gemma3Processor, tokenizer, chat template) to `out_dir`.
 
     Images are resized to 56x56 pixels: 4x4 patches, average-pooled to 4 image tokens.
@@ -137,7 +112,7 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 5
         Gemma3Processor,
     )
 
-    out = _output_folder(out_dir, "build_tiny_gemma3")
+    out = output_folder(out_dir, "build_tiny_gemma3")
     tokenizer = _tokenizer(
         GEMMA3_TOKENS,
         vocab_size,
@@ -147,37 +122,37 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 5
             "image_token": "<image_soft_token>",
         },
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in GEMMA3_TOKENS}
+    ids = token_ids(tokenizer, GEMMA3_TOKENS)
     config = Gemma3Config(
-        text_config={
+        text_config=text_config(
+            len(tokenizer),
+            bos=ids["<bos>"],
+            eos=[ids["<eos>"], ids["<end_of_turn>"]],
+            pad=ids["<pad>"],
             **_TEXT,
-            "vocab_size": len(tokenizer),
-            "query_pre_attn_scalar": _TEXT["head_dim"],
-            "sliding_window": 512,
-            "layer_types": ["sliding_attention", "full_attention"],
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
-            "pad_token_id": ids["<pad>"],
-        },
+            query_pre_attn_scalar=_TEXT["head_dim"],
+            sliding_window=512,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
         vision_config={**_VISION, "image_size": 56},
         mm_tokens_per_image=4,
         boi_token_index=ids["<start_of_image>"],
         eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"],
-        initializer_range=_TEXT["initializer_range"],
+        initializer_range=INIT_RANGE,
         tie_word_embeddings=False,
     )
-    model = _random_model(Gemma3ForConditionalGeneration, config, seed)
+    model = seeded_model(Gemma3ForConditionalGeneration, config, seed, _unblind)
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessor(size={"height": 56, "width": 56}),
         tokenizer=tokenizer,
         chat_template=GEMMA3_CHAT_TEMPLATE,
         image_seq_length=4,
     )
-    return _save(out, model, processor, [ids["<end_of_turn>"], ids["<eos>"]], ids["<pad>"])
+    return save_checkpoint(out, model, processor, eos=[ids["<end_of_turn>"], ids["<eos>"]], pad=ids["<pad>"])
 
 
-def build_tiny_paligemma(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
+def build_tiny_paligemma(out_dir: str | Path, seed: int = 0, *, vocab_size: int = VOCAB_SIZE) -> Path:
     """Write a tiny random PaliGemma checkpoint (model, PaliGemmaProcessor, tokenizer; no chat template).
 
     Images are resized to 28x28 pixels: 2x2 patches, 4 image tokens. The vocabulary includes the 1152
@@ -190,28 +165,28 @@ def build_tiny_paligemma(out_dir: str | Path, seed: int = 0, *, vocab_size: int 
         SiglipImageProcessor,
     )
 
-    out = _output_folder(out_dir, "build_tiny_paligemma")
+    out = output_folder(out_dir, "build_tiny_paligemma")
     tokenizer = _tokenizer(PALIGEMMA_TOKENS, vocab_size, extra_special_tokens={"image_token": "<image>"})
     processor = PaliGemmaProcessor(
         image_processor=SiglipImageProcessor(size={"height": 28, "width": 28}, image_seq_length=4),
         tokenizer=tokenizer,
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in PALIGEMMA_TOKENS}
+    ids = token_ids(tokenizer, PALIGEMMA_TOKENS)
     config = PaliGemmaConfig(
-        text_config={
+        text_config=text_config(
+            len(tokenizer),  # the processor's region tokens included
+            bos=ids["<bos>"],
+            eos=ids["<eos>"],
+            pad=ids["<pad>"],
             **_TEXT,
-            "model_type": "gemma",
-            "vocab_size": len(tokenizer),  # the processor's region tokens included
-            "bos_token_id": ids["<bos>"],
-            "eos_token_id": ids["<eos>"],
-            "pad_token_id": ids["<pad>"],
-        },
-        vision_config={**_VISION, "image_size": 28, "projection_dim": _TEXT["hidden_size"]},
+            model_type="gemma",
+        ),
+        vision_config={**_VISION, "image_size": 28, "projection_dim": TEXT_WIDTH},
         image_token_index=ids["<image>"],
         vocab_size=len(tokenizer),
-        projection_dim=_TEXT["hidden_size"],
-        hidden_size=_TEXT["hidden_size"],
+        projection_dim=TEXT_WIDTH,
+        hidden_size=TEXT_WIDTH,
         tie_word_embeddings=False,
     )
-    model = _random_model(PaliGemmaForConditionalGeneration, config, seed)
-    return _save(out, model, processor, [ids["<eos>"]], ids["<pad>"])
+    model = seeded_model(PaliGemmaForConditionalGeneration, config, seed, _unblind)
+    return save_checkpoint(out, model, processor, eos=[ids["<eos>"]], pad=ids["<pad>"])

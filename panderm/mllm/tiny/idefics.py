@@ -14,10 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
+from panderm.mllm.tiny.common import (
+    VOCAB_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    token_ids,
+    vision_config,
+)
 
 IMAGE_SIZE = 56  # pixels a side: 4x4 patches of 14 pixels, 4 image tokens after the 2x2 pixel shuffle
 IMAGE_SEQ_LEN = 4
@@ -57,56 +63,24 @@ def _build(
     """Write the tiny checkpoint of `family` ("idefics3" or "smolvlm"); the two differ only in their classes,
     their BOS (which the chat template starts with) and their padding token."""
     import transformers
-    from transformers import GenerationConfig, PreTrainedTokenizerFast
 
     prefix = "Idefics3" if family == "idefics3" else "SmolVLM"
     names = ("Config", "ImageProcessor", "Processor", "ForConditionalGeneration")
     classes = {name: getattr(transformers, prefix + name) for name in names}
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"build_tiny_{family}: out_dir {out} exists and is not a folder")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(vocab_size, special_tokens),
-        bos_token=bos,
-        eos_token="<end_of_utterance>",
-        pad_token=pad,
+    out = output_folder(out_dir, f"build_tiny_{family}")
+    tokenizer = fast_tokenizer(
+        special_tokens, vocab_size, bos_token=bos, eos_token="<end_of_utterance>", pad_token=pad
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special_tokens}
+    ids = token_ids(tokenizer, special_tokens)
+    eos = ids["<end_of_utterance>"]
     config = classes["Config"](
-        text_config={
-            "model_type": "llama",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
-            # far above the usual 0.02: with near-uniform attention a random model ignores its input
-            "initializer_range": 0.3,
-            "bos_token_id": ids[bos],
-            "eos_token_id": ids["<end_of_utterance>"],
-            "pad_token_id": ids[pad],
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": 14,
-            "initializer_range": 0.3,
-        },
+        text_config=text_config(len(tokenizer), bos=ids[bos], eos=eos, pad=ids[pad], model_type="llama"),
+        vision_config=vision_config(IMAGE_SIZE, layers=1),
         scale_factor=2,
         image_token_id=ids["<image>"],
         pad_token_id=ids[pad],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = classes["ForConditionalGeneration"](config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<end_of_utterance>"], ids[pad]], pad_token_id=ids[pad], do_sample=False
-    )
+    model = seeded_model(classes["ForConditionalGeneration"], config, seed)
     # one square view per image, no splitting into tiles
     sizes: dict[str, Any] = {
         "do_image_splitting": False,
@@ -119,13 +93,10 @@ def _build(
     processor = classes["Processor"](
         **parts, image_seq_len=IMAGE_SEQ_LEN, chat_template="{{ bos_token }}" + _TURNS
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_checkpoint(out, model, processor, eos=[eos, ids[pad]], pad=ids[pad])
 
 
-def build_tiny_idefics3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
+def build_tiny_idefics3(out_dir: str | Path, seed: int = 0, *, vocab_size: int = VOCAB_SIZE) -> Path:
     """Write a tiny random Idefics3 checkpoint (model, Idefics3Processor, tokenizer, chat template)."""
     return _build(
         out_dir,
@@ -138,7 +109,7 @@ def build_tiny_idefics3(out_dir: str | Path, seed: int = 0, *, vocab_size: int =
     )
 
 
-def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
+def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, *, vocab_size: int = VOCAB_SIZE) -> Path:
     """Write a tiny random SmolVLM checkpoint (model, SmolVLMProcessor, tokenizer, chat template)."""
     return _build(
         out_dir,

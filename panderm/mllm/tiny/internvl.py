@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from panderm.mllm.tiny.common import (
+    PATCH_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    vision_config,
+)
 
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
-
-VOCAB_SIZE = 512
-INIT_RANGE = 0.3  # far above the usual 0.02: with near-uniform attention a random model ignores its input
 TILE_SIZE = 56
-PATCH_SIZE = 14
 DOWNSAMPLE_RATIO = 0.5
 TOKENS_PER_TILE = int((TILE_SIZE // PATCH_SIZE * DOWNSAMPLE_RATIO) ** 2)
 
@@ -65,59 +67,28 @@ CHAT_TEMPLATE = (
 def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random InternVL checkpoint (model, processor, tokenizer, chat template) to `out_dir`."""
     from transformers import (
-        GenerationConfig,
         GotOcr2ImageProcessor,
         InternVLConfig,
         InternVLForConditionalGeneration,
         InternVLProcessor,
         InternVLVideoProcessor,
-        PreTrainedTokenizerFast,
     )
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"build_tiny_internvl: out_dir {out} exists and is not a folder")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(VOCAB_SIZE, SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens=IMAGE_TOKENS,
+    out = output_folder(out_dir, "build_tiny_internvl")
+    tokenizer = fast_tokenizer(
+        SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=IMAGE_TOKENS
     )
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = InternVLConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
-            "initializer_range": INIT_RANGE,
-            "bos_token_id": None,
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": TILE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "initializer_range": INIT_RANGE,
-        },
+        text_config=text_config(len(tokenizer), bos=None, eos=eos, pad=pad, model_type="qwen2"),
+        vision_config=vision_config(TILE_SIZE),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKENS["context_image_token"]),
         image_seq_length=TOKENS_PER_TILE,
         downsample_ratio=DOWNSAMPLE_RATIO,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = InternVLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False)
+    model = seeded_model(InternVLForConditionalGeneration, config, seed)
     size = {"height": TILE_SIZE, "width": TILE_SIZE}
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=4),
@@ -126,7 +97,4 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
         image_seq_length=TOKENS_PER_TILE,
         chat_template=CHAT_TEMPLATE,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_checkpoint(out, model, processor, eos=[eos, pad], pad=pad)

@@ -17,17 +17,22 @@ on the hub write it. Replies are gibberish that depends on the input; the same s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from panderm.mllm.tiny.common import (
+    PATCH_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    vision_config,
+)
 
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
-VOCAB_SIZE = 512
-INIT_RANGE = 0.3  # far above the usual 0.02: with near-uniform attention a random model ignores its input
 IMAGE_SIZE = 28  # one view: 2x2 patches of 14 pixels
-PATCH_SIZE = 14
 # LLaVA-NeXT / OneVision tilings: at most 2x2 tiles of 28 pixels
 GRID_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 
@@ -71,69 +76,40 @@ CHATML_TEMPLATE = (
 )
 
 LLAMA_TOKENS: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+LLAMA_ROLES: dict[str, str] = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+}
 CHATML_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
 
 
-def _tokenizer(special_tokens: tuple[str, ...], **roles: str) -> Any:
-    """The shared BPE tokenizer holding `special_tokens`, with `roles` (bos_token=..., eos_token=...)."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(VOCAB_SIZE, special_tokens), **roles)
-
-
-def _text_config(model_type: str, tokenizer: Any) -> dict[str, Any]:
-    """A 2-layer text model of width 64 (4 query heads of 16, 2 key/value heads)."""
-    return {
-        "model_type": model_type,
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
-        "initializer_range": INIT_RANGE,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-
-
-def _vision_config(model_type: str) -> dict[str, Any]:
-    """A 2-layer vision tower of width 32 on 28x28 images in 14-pixel patches."""
-    return {
-        "model_type": model_type,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        "initializer_range": INIT_RANGE,
-    }
-
-
-def _save(out_dir: str | Path, name: str, model_class: type, config: Any, processor: Any, seed: int) -> Path:
-    """`model_class(config)` built under `seed`, with greedy generation defaults, saved with `processor`."""
-    from transformers import GenerationConfig
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{name}: out_dir {out} exists and is not a folder")
-    tokenizer = processor.tokenizer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
+def _text_config(model_type: str, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """The tiny text model of `model_type` with `tokenizer`'s vocabulary and bos/eos/pad ids."""
+    return text_config(
+        len(tokenizer),
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+        model_type=model_type,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+
+
+def _save(
+    out: Path, model_class: type[PreTrainedModel], config: Any, processor: ProcessorMixin, seed: int
+) -> Path:
+    """`model_class(config)` built under `seed`, with greedy generation defaults, saved with `processor`."""
+    tokenizer = processor.tokenizer
+    model = seeded_model(model_class, config, seed)
+    return save_checkpoint(
+        out,
+        model,
+        processor,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+    )
 
 
 def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
@@ -141,13 +117,12 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     Vicuna chat template) to `out_dir`: an image is resized and center-cropped to 28x28, 4 image tokens."""
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    tokenizer = _tokenizer(
-        LLAMA_TOKENS, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    out = output_folder(out_dir, "build_tiny_llava")
+    tokenizer = fast_tokenizer(LLAMA_TOKENS, **LLAMA_ROLES)
     tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
     config = LlavaConfig(
         text_config=_text_config("llama", tokenizer),
-        vision_config=_vision_config("clip_vision_model"),
+        vision_config=vision_config(IMAGE_SIZE, model_type="clip_vision_model"),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=tokens,
         vision_feature_select_strategy="default",
@@ -163,7 +138,7 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
         num_additional_image_tokens=1,  # CLIP's CLS token, which the "default" strategy drops again
         chat_template=VICUNA_TEMPLATE,
     )
-    return _save(out_dir, "build_tiny_llava", LlavaForConditionalGeneration, config, processor, seed)
+    return _save(out, LlavaForConditionalGeneration, config, processor, seed)
 
 
 def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
@@ -176,12 +151,11 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
         LlavaNextProcessor,
     )
 
-    tokenizer = _tokenizer(
-        LLAMA_TOKENS, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+    out = output_folder(out_dir, "build_tiny_llava_next")
+    tokenizer = fast_tokenizer(LLAMA_TOKENS, **LLAMA_ROLES)
     config = LlavaNextConfig(
         text_config={**_text_config("mistral", tokenizer), "sliding_window": None},
-        vision_config=_vision_config("clip_vision_model"),
+        vision_config=vision_config(IMAGE_SIZE, model_type="clip_vision_model"),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=GRID_PINPOINTS,
         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
@@ -200,7 +174,7 @@ def build_tiny_llava_next(out_dir: str | Path, seed: int = 0) -> Path:
         num_additional_image_tokens=1,
         chat_template=MISTRAL_TEMPLATE,
     )
-    return _save(out_dir, "build_tiny_llava_next", LlavaNextForConditionalGeneration, config, processor, seed)
+    return _save(out, LlavaNextForConditionalGeneration, config, processor, seed)
 
 
 def build_tiny_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
@@ -214,10 +188,11 @@ def build_tiny_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
         LlavaOnevisionVideoProcessor,
     )
 
-    tokenizer = _tokenizer(CHATML_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    out = output_folder(out_dir, "build_tiny_llava_onevision")
+    tokenizer = fast_tokenizer(CHATML_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     config = LlavaOnevisionConfig(
         text_config=_text_config("qwen2", tokenizer),
-        vision_config={**_vision_config("siglip_vision_model"), "vision_use_head": False},
+        vision_config=vision_config(IMAGE_SIZE, model_type="siglip_vision_model", vision_use_head=False),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         image_grid_pinpoints=GRID_PINPOINTS,
@@ -235,6 +210,4 @@ def build_tiny_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
         vision_aspect_ratio="anyres_max_9",
         chat_template=CHATML_TEMPLATE,
     )
-    return _save(
-        out_dir, "build_tiny_llava_onevision", LlavaOnevisionForConditionalGeneration, config, processor, seed
-    )
+    return _save(out, LlavaOnevisionForConditionalGeneration, config, processor, seed)

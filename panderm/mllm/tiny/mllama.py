@@ -16,11 +16,22 @@ batch included, so a prompt batched with prompts holding more images gets slight
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from panderm.mllm.tiny.common import (
+    INIT_RANGE,
+    PATCH_SIZE,
+    VOCAB_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    token_ids,
+)
 
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # every special token the Mllama processor, model config and chat template refer to
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -53,44 +64,43 @@ CHAT_TEMPLATE = (
 TILE_SIZE = 28  # pixels a side of the one tile per image: 2x2 patches of 14 pixels
 
 
-def build_tiny_mllama(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 512) -> Path:
+def _open_gates(model: PreTrainedModel) -> None:
+    """Open the cross-attention gates, which start closed (tanh(0)) and would leave the model blind."""
+    for name, parameter in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            parameter.fill_(1.0)
+
+
+def build_tiny_mllama(out_dir: str | Path, seed: int = 0, *, vocab_size: int = VOCAB_SIZE) -> Path:
     """Write a tiny random Llama 3.2 Vision checkpoint (model, MllamaProcessor, tokenizer, chat template)."""
     from transformers import (
-        GenerationConfig,
         MllamaConfig,
         MllamaForConditionalGeneration,
         MllamaImageProcessor,
         MllamaProcessor,
-        PreTrainedTokenizerFast,
     )
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"build_tiny_mllama: out_dir {out} exists and is not a folder")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(vocab_size, SPECIAL_TOKENS),
+    out = output_folder(out_dir, "build_tiny_mllama")
+    tokenizer = fast_tokenizer(
+        SPECIAL_TOKENS,
+        vocab_size,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
         pad_token="<|finetune_right_pad_id|>",
         extra_special_tokens={"image_token": "<|image|>"},
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = token_ids(tokenizer, SPECIAL_TOKENS)
+    eos = [ids["<|eot_id|>"], ids["<|end_of_text|>"]]
+    pad = ids["<|finetune_right_pad_id|>"]
     config = MllamaConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 3,
-            "cross_attention_layers": [1],
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
-            # far above the usual 0.02: with near-uniform attention a random model ignores its input
-            "initializer_range": 0.3,
-            "bos_token_id": ids["<|begin_of_text|>"],
-            "eos_token_id": [ids["<|eot_id|>"], ids["<|end_of_text|>"]],
-            "pad_token_id": ids["<|finetune_right_pad_id|>"],
-        },
+        text_config=text_config(
+            len(tokenizer),
+            bos=ids["<|begin_of_text|>"],
+            eos=eos,
+            pad=pad,
+            num_hidden_layers=3,
+            cross_attention_layers=[1],
+        ),
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -100,26 +110,14 @@ def build_tiny_mllama(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 5
             "intermediate_layers_indices": [1],
             "vision_output_dim": 64,  # hidden_size x (1 + one intermediate layer)
             "image_size": TILE_SIZE,
-            "patch_size": 14,
+            "patch_size": PATCH_SIZE,
             "max_num_tiles": 1,
             "supported_aspect_ratios": [[1, 1]],
-            "initializer_range": 0.3,
+            "initializer_range": INIT_RANGE,
         },
         image_token_index=ids["<|image|>"],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MllamaForConditionalGeneration(config).eval()
-    # the cross-attention gates start closed (tanh(0)): open them, or the model is blind
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
-                parameter.fill_(1.0)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|eot_id|>"], ids["<|end_of_text|>"]],
-        pad_token_id=ids["<|finetune_right_pad_id|>"],
-        do_sample=False,
-    )
+    model = seeded_model(MllamaForConditionalGeneration, config, seed, _open_gates)
     processor = MllamaProcessor(
         image_processor=MllamaImageProcessor(
             size={"height": TILE_SIZE, "width": TILE_SIZE}, max_image_tiles=1
@@ -127,7 +125,4 @@ def build_tiny_mllama(out_dir: str | Path, seed: int = 0, *, vocab_size: int = 5
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_checkpoint(out, model, processor, eos=eos, pad=pad)

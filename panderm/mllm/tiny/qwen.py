@@ -10,80 +10,16 @@ patches with learned position embeddings and one deepstack layer; after the 2x2 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from panderm.errors import ConfigError
-from panderm.mllm.tiny.qwen2_vl import CHAT_TEMPLATE, SPECIAL_TOKENS
-from panderm.mllm.tiny.tokenizer import train_tokenizer
-
-VOCAB_SIZE = 512
-INIT_RANGE = 0.3  # far above the usual 0.02: with near-uniform attention a random model ignores its input
-
-
-def _tokenizer() -> tuple[Any, dict[str, int]]:
-    """The shared BPE tokenizer with Qwen's special tokens, and the special tokens' ids."""
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(VOCAB_SIZE, SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-
-
-def _text_config(ids: dict[str, int], vocab_size: int, **extra: Any) -> dict[str, Any]:
-    """A 2-layer text model of width 64 (4 query heads of 16, 2 key/value heads)."""
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
-        "initializer_range": INIT_RANGE,
-        "bos_token_id": None,
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-        **extra,
-    }
-
-
-def _token_ids(ids: dict[str, int]) -> dict[str, int]:
-    return {
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-    }
-
-
-def _save(out: Path, model_class: type, config: Any, processor: Any, ids: dict[str, int], seed: int) -> Path:
-    """`model_class(config)` built under `seed`, with greedy generation defaults, saved with `processor`."""
-    from transformers import GenerationConfig
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def _out_dir(out_dir: str | Path, name: str) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{name}: out_dir {out} exists and is not a folder")
-    return out
+from panderm.mllm.tiny.common import INIT_RANGE, output_folder, seeded_model
+from panderm.mllm.tiny.qwen2_vl import (
+    CHAT_TEMPLATE,
+    MROPE,
+    qwen_text_config,
+    qwen_tokenizer,
+    save_qwen,
+    vision_token_ids,
+)
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
@@ -99,15 +35,10 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
         Qwen2VLVideoProcessor,
     )
 
-    out = _out_dir(out_dir, "build_tiny_qwen2_5_vl")
-    tokenizer, ids = _tokenizer()
+    out = output_folder(out_dir, "build_tiny_qwen2_5_vl")
+    tokenizer, ids = qwen_tokenizer()
     config = Qwen2_5_VLConfig(
-        # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
-        text_config=_text_config(
-            ids,
-            len(tokenizer),
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        ),
+        text_config=qwen_text_config(tokenizer, ids, rope_parameters=MROPE),
         vision_config={
             "depth": 2,
             "hidden_size": 32,
@@ -121,7 +52,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
             "fullatt_block_indexes": [1],
             "initializer_range": INIT_RANGE,
         },
-        **_token_ids(ids),
+        **vision_token_ids(ids),
     )
     pixels = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
     processor = Qwen2_5_VLProcessor(
@@ -130,7 +61,8 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
         video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=CHAT_TEMPLATE,
     )
-    return _save(out, Qwen2_5_VLForConditionalGeneration, config, processor, ids, seed)
+    model = seeded_model(Qwen2_5_VLForConditionalGeneration, config, seed)
+    return save_qwen(out, model, processor, ids)
 
 
 def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
@@ -146,16 +78,12 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
         Qwen3VLVideoProcessor,
     )
 
-    out = _out_dir(out_dir, "build_tiny_qwen3_vl")
-    tokenizer, ids = _tokenizer()
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [2, 3, 3],
-        "mrope_interleaved": True,
-    }
+    out = output_folder(out_dir, "build_tiny_qwen3_vl")
+    tokenizer, ids = qwen_tokenizer()
     config = Qwen3VLConfig(
-        text_config=_text_config(ids, len(tokenizer), head_dim=16, rope_parameters=rope),
+        text_config=qwen_text_config(
+            tokenizer, ids, head_dim=16, rope_parameters={**MROPE, "mrope_interleaved": True}
+        ),
         vision_config={
             "depth": 2,
             "hidden_size": 32,
@@ -169,7 +97,7 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
             "deepstack_visual_indexes": [0],
             "initializer_range": INIT_RANGE,
         },
-        **_token_ids(ids),
+        **vision_token_ids(ids),
     )
     size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
     processor = Qwen3VLProcessor(
@@ -178,4 +106,5 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
         video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16),
         chat_template=CHAT_TEMPLATE,
     )
-    return _save(out, Qwen3VLForConditionalGeneration, config, processor, ids, seed)
+    model = seeded_model(Qwen3VLForConditionalGeneration, config, seed)
+    return save_qwen(out, model, processor, ids)

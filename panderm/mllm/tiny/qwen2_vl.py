@@ -12,11 +12,23 @@ gives 64 image tokens) and `vision_depth` the number of vision blocks, e.g. for 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from panderm.errors import ConfigError
-from panderm.mllm.tiny.tokenizer import train_tokenizer
+from panderm.mllm.tiny.common import (
+    INIT_RANGE,
+    PATCH_SIZE,
+    VOCAB_SIZE,
+    fast_tokenizer,
+    output_folder,
+    save_checkpoint,
+    seeded_model,
+    text_config,
+    token_ids,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
 # every special token the Qwen2-VL processor, model config and chat template refer to
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -47,12 +59,43 @@ CHAT_TEMPLATE = (
 
 MIN_PIXELS = 28 * 28  # one 2x2 group of 14-pixel patches: one image token
 
+# head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
+MROPE: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+
+
+def qwen_tokenizer(vocab_size: int = VOCAB_SIZE) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """The shared BPE tokenizer with the Qwen-VL special tokens, and those tokens' ids."""
+    tokenizer = fast_tokenizer(SPECIAL_TOKENS, vocab_size, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return tokenizer, token_ids(tokenizer, SPECIAL_TOKENS)
+
+
+def qwen_text_config(tokenizer: PreTrainedTokenizerFast, ids: dict[str, int], **extra: Any) -> dict[str, Any]:
+    """The tiny text model with Qwen's special token ids (no BOS); `extra` adds keys."""
+    return text_config(len(tokenizer), bos=None, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], **extra)
+
+
+def vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The Qwen-VL config's image, video and vision start/end token ids."""
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def save_qwen(out: Path, model: PreTrainedModel, processor: ProcessorMixin, ids: dict[str, int]) -> Path:
+    """Save a Qwen-VL `model` (stopping at <|im_end|> or <|endoftext|>) and its `processor` to `out`."""
+    return save_checkpoint(
+        out, model, processor, eos=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad=ids["<|endoftext|>"]
+    )
+
 
 def build_tiny_qwen2_vl(
     out_dir: str | Path,
     seed: int = 0,
     *,
-    vocab_size: int = 512,
+    vocab_size: int = VOCAB_SIZE,
     image_pixels: int = 56 * 56,
     vision_depth: int = 2,
 ) -> Path:
@@ -63,8 +106,6 @@ def build_tiny_qwen2_vl(
     number of vision transformer blocks.
     """
     from transformers import (
-        GenerationConfig,
-        PreTrainedTokenizerFast,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
@@ -72,62 +113,30 @@ def build_tiny_qwen2_vl(
         Qwen2VLVideoProcessor,
     )
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"build_tiny_qwen2_vl: out_dir {out} exists and is not a folder")
+    out = output_folder(out_dir, "build_tiny_qwen2_vl")
     if isinstance(image_pixels, bool) or not isinstance(image_pixels, int) or image_pixels < MIN_PIXELS:
         raise ConfigError(
             f"build_tiny_qwen2_vl: image_pixels must be an integer >= {MIN_PIXELS}, got {image_pixels!r}"
         )
     if isinstance(vision_depth, bool) or not isinstance(vision_depth, int) or vision_depth < 1:
         raise ConfigError(f"build_tiny_qwen2_vl: vision_depth must be an integer >= 1, got {vision_depth!r}")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(vocab_size, SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    tokenizer, ids = qwen_tokenizer(vocab_size)
     config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
-            # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            # far above the usual 0.02: with near-uniform attention a random model ignores its input
-            "initializer_range": 0.3,
-            "bos_token_id": None,
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=qwen_text_config(tokenizer, ids, rope_parameters=MROPE),
         vision_config={
             "depth": vision_depth,
             "embed_dim": 32,
             "hidden_size": 64,  # the merger projects into the text model's width
             "num_heads": 2,
             "mlp_ratio": 2,
-            "patch_size": 14,
+            "patch_size": PATCH_SIZE,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
-            "initializer_range": 0.3,
+            "initializer_range": INIT_RANGE,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **vision_token_ids(ids),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
+    model = seeded_model(Qwen2VLForConditionalGeneration, config, seed)
     # by default 64x64 -> 56x56 pixels -> 4x4 patches of 14 px -> 4 tokens after the 2x2 merge
     pixels = {"min_pixels": MIN_PIXELS, "max_pixels": image_pixels}
     processor = Qwen2VLProcessor(
@@ -136,7 +145,4 @@ def build_tiny_qwen2_vl(
         video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=CHAT_TEMPLATE,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_qwen(out, model, processor, ids)
