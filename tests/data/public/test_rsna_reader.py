@@ -231,3 +231,19 @@ def test_load_data_and_pixels(fixture: dict, tmp_path: Path) -> None:
         assert sample["image"].shape == (SIZE, SIZE, 3)
         np.testing.assert_array_equal(sample["image"][..., 0], pixels_of(index))  # stored values unchanged
         assert sample["boxes"] == [list(b) for b in manifest.boxes(i)]
+
+
+def test_test_images_only_when_asked(fixture: dict, tmp_path: Path) -> None:
+    root, chosen = fixture["root"], fixture["chosen"]
+    folder = tmp_path / "rsna"
+    folder.mkdir()
+    for name in ("stage_2_train_labels.csv", "stage_2_train_images"):
+        (folder / name).symlink_to(root / name)
+    for index in (0, 1):
+        write_rsna_dicom(folder / "stage_2_test_images" / f"t{index}.dcm", f"t{index}", pixels_of(index))
+    assert len(read_rsna_pneumonia(folder, out_dir=tmp_path / "out")) == len(chosen)
+    manifest = read_rsna_pneumonia(folder, out_dir=tmp_path / "out", include_test_images=True)
+    extra = manifest.table[manifest.table["image"].str.startswith("stage_2_test_images/")]
+    assert sorted(extra["patient_id"]) == ["t0", "t1"]
+    assert extra["label"].isna().all() and set(extra["split"]) == {"train"}
+    assert manifest.unlabeled_rows() == extra["row"].tolist()
