@@ -133,7 +133,11 @@ def _data_overview(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from panderm.pretrain.export import export_checkpoint
 
-    print(export_checkpoint(args.source, args.out))
+    print(export_checkpoint(args.source, args.out, timm_dir=args.timm_dir))
+    if args.timm_dir:
+        print(
+            f"timm folder: {args.timm_dir} (timm.create_model('local-dir:{args.timm_dir}', pretrained=True))"
+        )
     return 0
 
 
@@ -236,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("source", help="pretraining run folder or a Lightning .ckpt in its checkpoints/")
     export.add_argument("out", help="output path (writes OUT.safetensors and OUT.json)")
+    export.add_argument(
+        "--timm-dir",
+        default=None,
+        help="also write this folder (config.json + model.safetensors) for timm 'local-dir:DIR'",
+    )
     export.set_defaults(handler=_export)
 
     shard = commands.add_parser("shard", help="write WebDataset shards (one set per split) from a manifest")

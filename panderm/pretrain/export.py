@@ -1,4 +1,5 @@
-"""`panderm export`: the encoder of a pretraining checkpoint or run folder as safetensors + JSON."""
+"""`panderm export`: the encoder of a pretraining checkpoint or run folder as safetensors + JSON, and
+optionally (``--timm-dir``) as a folder plain timm loads (`panderm.models.timm_export`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from panderm.models.checkpoints import CheckpointError, load_torch_file, load_weights, save_encoder
+from panderm.models.timm_export import save_timm_folder
 from panderm.pretrain.run import CHECKPOINTS, LAST, build_encoder
 
 ENCODER_PREFIX = "encoder."
 
 
-def export_checkpoint(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def export_checkpoint(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    timm_dir: str | os.PathLike[str] | None = None,
+) -> Path:
     """Export the encoder of `source` (a run folder, or a Lightning .ckpt inside `<run>/checkpoints/`).
 
-    The architecture comes from the run's `config.yaml`; weights are loaded strictly. Returns the path of
-    the written `.safetensors`. Raises `CheckpointError` naming the file when something is missing.
+    The architecture comes from the run's `config.yaml`; weights are loaded strictly. With `timm_dir`, also
+    writes that folder for ``timm.create_model("local-dir:<timm_dir>", pretrained=True)`` (config.json +
+    model.safetensors, `save_timm_folder`). Returns the path of the written `.safetensors`. Raises
+    `CheckpointError` naming the file when something is missing.
     """
     source = Path(source)
     ckpt = source / CHECKPOINTS / LAST if source.is_dir() else source
@@ -35,4 +44,7 @@ def export_checkpoint(source: str | os.PathLike[str], out: str | os.PathLike[str
     weights = {k.removeprefix(ENCODER_PREFIX): v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     load_weights(encoder, weights, strict=True, source=str(ckpt))
     recipe = OmegaConf.to_container(cfg, resolve=True)
-    return save_encoder(encoder, out, recipe={**recipe, "exported_from": str(ckpt)})
+    weights = save_encoder(encoder, out, recipe={**recipe, "exported_from": str(ckpt)})
+    if timm_dir is not None:
+        save_timm_folder(encoder, timm_dir)
+    return weights
