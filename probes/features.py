@@ -77,7 +77,8 @@ _FLUSH_EVERY = 16  # batches kept on the device before one copy to the host (few
 
 @dataclass
 class FeatureSet:
-    """Features of one split: `features` (N, D) float32, `labels` (N,) int64 (-1 = unlabeled), `ids` (N,)
+    """Features of one split: `features` (N, D) float32, `labels` (N,) int64 (-1 = unlabeled) -- or, for a
+    multi-label manifest, (N, C) float32 targets (1/0, NaN where uncertain; `Manifest.targets()`), `ids` (N,)
     str (manifest image paths), `meta` (the manifest's other columns per row, e.g. patient_id, modality,
     fitzpatrick, for subgroup analyses; None for user feature files), `classes`, `recipe` (how they were
     made: encoder hash, pooling, cache key...) and `skipped`: the ids (manifest image paths) of the split's
@@ -110,11 +111,18 @@ class FeatureSet:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
+    @property
+    def is_multilabel(self) -> bool:
+        """Whether `labels` are (N, C) multi-label targets."""
+        return self.labels.ndim == 2
+
     def tensors(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features float32 (N, D), labels int64 (N,)) as torch tensors on `device`."""
+        """(features float32 (N, D), labels int64 (N,) or multi-label targets float32 (N, C)) as torch
+        tensors on `device`."""
         x = self.features.astype(np.float32, copy=False)
         x = x if x.flags.writeable else x.copy()  # torch refuses to share read-only numpy memory
-        return torch.from_numpy(x).to(device), torch.tensor(self.labels, dtype=torch.int64, device=device)
+        dtype = torch.float32 if self.is_multilabel else torch.int64
+        return torch.from_numpy(x).to(device), torch.tensor(self.labels, dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------------------------------- extraction
@@ -235,6 +243,8 @@ def encode_batches(
 
 
 def _labels(manifest: Manifest) -> np.ndarray:
+    if manifest.is_multilabel:
+        return manifest.targets()
     if "label" not in manifest.table:
         return np.full(len(manifest), -1, np.int64)
     return manifest.table["label"].fillna(-1).to_numpy(dtype=np.int64, copy=True)
@@ -377,7 +387,11 @@ def manifest_hash(manifest: Manifest, *, content: bool = False) -> str:
     table = manifest.table
     digest.update(canonical_json({"classes": list(manifest.classes or ())}).encode())
     images = table["image"].astype(str).tolist()
-    labels = _labels(manifest).tolist()
+    if manifest.is_multilabel:  # the label sets as written (normalised), so the key is short and exact
+        sets = [c for c in ("label_set", "uncertain_set") if c in table]
+        labels = table[sets].astype(str).agg("\x1e".join, axis=1).tolist()
+    else:
+        labels = _labels(manifest).tolist()
     rows = table["row"].tolist() if "row" in table else list(range(1, len(table) + 1))
     options = [c for c in RADIOLOGY_OPTIONS if c in table]
     extra = table[options].astype(str).to_numpy().tolist() if options else None
@@ -417,7 +431,7 @@ def write_feature_cache(path: str | os.PathLike[str], features: FeatureSet, key:
         stored = values.astype(np.float16)
     arrays = {
         "features": stored,
-        "labels": features.labels.astype(np.int64),
+        "labels": features.labels.astype(np.float32 if features.is_multilabel else np.int64),
         "ids": np.asarray(features.ids, dtype=str),
         "skipped": np.asarray(features.skipped, dtype=str),
         "key": np.asarray(key),
@@ -437,7 +451,8 @@ def _read_cache(path: Path, key: str, rows: Manifest, split: str, classes: Any) 
             if int(data["version"]) != CACHE_VERSION or str(data["key"]) != key:
                 raise ValueError("its key or version does not match its name")
             features = data["features"].astype(np.float32)
-            labels = data["labels"].astype(np.int64)
+            labels = data["labels"]
+            labels = labels.astype(np.float32 if labels.ndim == 2 else np.int64)
             ids = data["ids"].astype(str)
             recipe = json.loads(str(data["recipe"]))
             skipped = data["skipped"].astype(str) if "skipped" in data.files else np.zeros(0, str)

@@ -1,8 +1,10 @@
 """Classification metrics for probes: point estimates, stratified bootstrap intervals and subgroup tables.
 
 Every probe (linear, kNN, few-shot) ends in per-class probabilities `proba` of shape (N, C) and integer gold
-labels `y_true` of shape (N,) in [0, C). The point estimates come from scikit-learn; a metric that cannot be
-computed is reported in `MetricResult.missing` with the reason, never as 0 and never as a silent NaN.
+labels `y_true` of shape (N,) in [0, C); multi-label probes end in per-label probabilities against (N, C)
+targets with NaN where unknown (`multilabel_metrics`, `multilabel_bootstrap_ci`, at the end).
+The point estimates come from scikit-learn; a metric that cannot be computed is reported in
+`MetricResult.missing` with the reason, never as 0 and never as a silent NaN.
 """
 
 from __future__ import annotations
@@ -30,14 +32,21 @@ __all__ = [
     "BINARY_METRICS",
     "LOWER_IS_BETTER",
     "MULTICLASS_METRICS",
+    "MULTILABEL_METRICS",
     "BootstrapResult",
     "MetricResult",
+    "MultiLabelBootstrapResult",
+    "MultiLabelResult",
     "ReliabilityBins",
     "bootstrap_ci",
+    "check_multilabel",
     "check_probabilities",
     "classification_metrics",
     "expected_calibration_error",
     "metric_names",
+    "multilabel_bootstrap_ci",
+    "multilabel_bootstrap_indices",
+    "multilabel_metrics",
     "reliability_bins",
     "stratified_bootstrap_indices",
     "subgroup_gaps",
@@ -637,3 +646,178 @@ def subgroup_gaps(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
         best, worst = (lo, hi) if name in LOWER_IS_BETTER else (hi, lo)
         gaps[name] = {"best": groups[best], "worst": groups[worst], "gap": float(s[hi] - s[lo])}
     return gaps
+
+
+# ---------------------------------------------------------------------------------------------- multi-label
+#
+# Multi-label probes (ChestX-ray14, CheXpert, ChestMNIST) give one independent probability per label:
+# `proba` (N, C) in [0, 1] (rows need not sum to 1) against targets `y_true` (N, C) of 1/0 with NaN where the
+# label is unknown for that image (CheXpert's "ignore" policy). Each label is scored on its known rows only.
+
+MULTILABEL_METRICS = ("auroc_macro", "auroc_micro", "ap_macro", "ap_micro")
+
+
+@dataclass
+class MultiLabelResult(MetricResult):
+    """`MetricResult` of a multi-label task: `values`/`missing` hold the summary metrics (MULTILABEL_METRICS)
+    and `per_label` maps each class name to {"auroc", "ap", "n_pos", "n_neg", "n_unknown"} (None where
+    undefined; the reason is in `missing` under ``auroc:<name>`` / ``ap:<name>``)."""
+
+    per_label: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "per_label": {k: dict(v) for k, v in self.per_label.items()}}
+
+
+def check_multilabel(
+    y_true: Any, proba: Any, *, classes: Sequence[Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate multi-label targets and probabilities; return both as float64 (N, C) arrays.
+
+    `y_true` holds 1/0 or NaN (unknown), `proba` finite values in [0, 1] of the same shape; `classes`
+    (C names) must match the width. Every problem is collected before raising `ProbeError`."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64)
+    problems: list[str] = []
+    if p.ndim != 2 or y.shape != p.shape:
+        raise ProbeError(f"multi-label y_true {y.shape} and proba {p.shape} must both be (samples, labels)")
+    if len(p) == 0:
+        problems.append("no samples: proba has 0 rows")
+    if classes is not None and len(classes) != p.shape[1]:
+        problems.append(f"classes has {len(classes)} names but proba has {p.shape[1]} columns")
+    bad = ~np.isnan(y) & (y != 0) & (y != 1)
+    if bad.any():
+        problems.append(f"y_true must be 1, 0 or NaN (unknown); other values in {_rows(bad.any(axis=1))}")
+    off = ~np.isfinite(p) | (p < 0) | (p > 1)
+    if off.any():
+        problems.append(f"proba must be finite probabilities in [0, 1]; not so in {_rows(off.any(axis=1))}")
+    if problems:
+        raise ProbeError("invalid multi-label probe outputs:\n  " + "\n  ".join(problems))
+    return y, p
+
+
+def multilabel_metrics(y_true: Any, proba: Any, *, classes: Sequence[Any] | None = None) -> MultiLabelResult:
+    """Score multi-label probabilities `proba` (N, C) against targets `y_true` (N, C) of 1/0/NaN.
+
+    Per label (rows with NaN for that label left out): AUROC and average precision (scikit-learn's
+    `roc_auc_score` / `average_precision_score`). Summary: `auroc_macro` and `ap_macro`, the mean over the
+    labels where the metric is defined (equal to scikit-learn's ``average="macro"`` when every label is);
+    `auroc_micro` and `ap_micro` over all known (image, label) cells pooled (scikit-learn's
+    ``average="micro"``). A label with one class only among its known rows has no AUROC (and without a
+    positive, no AP): it is reported in `missing` with the reason and left out of the macro mean. `classes`
+    names the labels (default "0".."C-1"). Raises `ProbeError` on invalid inputs.
+    """
+    y, p = check_multilabel(y_true, proba, classes=classes)
+    names = [str(c) for c in classes] if classes is not None else [str(k) for k in range(p.shape[1])]
+    result = MultiLabelResult(n=len(y))
+    aurocs, aps = [], []
+    for k, name in enumerate(names):
+        known = ~np.isnan(y[:, k])
+        truth = y[known, k] == 1
+        n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+        entry: dict[str, Any] = {"auroc": None, "ap": None, "n_pos": n_pos, "n_neg": n_neg}
+        entry["n_unknown"] = int((~known).sum())
+        unknown = f" ({entry['n_unknown']} unknown left out)" if entry["n_unknown"] else ""
+        if n_pos and n_neg:
+            entry["auroc"] = _quiet(roc_auc_score, truth, p[known, k])
+            aurocs.append(entry["auroc"])
+        else:
+            only = "positives" if n_pos else "negatives"
+            result.missing[f"auroc:{name}"] = (
+                f"label {name!r}: only {only} ({n_pos + n_neg}) among the known rows{unknown}; "
+                "AUROC needs both"
+            )
+        if n_pos:
+            entry["ap"] = _quiet(average_precision_score, truth, p[known, k])
+            aps.append(entry["ap"])
+        else:
+            result.missing[f"ap:{name}"] = (
+                f"label {name!r}: no positive among the known rows{unknown}; average precision is undefined"
+            )
+        result.per_label[name] = entry
+    cells = ~np.isnan(y)
+    pooled, scores = y[cells] == 1, p[cells]
+    for metric, per_label, fn in (("auroc", aurocs, roc_auc_score), ("ap", aps, average_precision_score)):
+        if per_label:
+            result.values[f"{metric}_macro"] = float(np.mean(per_label))
+        else:
+            result.missing[f"{metric}_macro"] = f"no label has a defined {metric.upper()}"
+        defined = pooled.any() and (metric == "ap" or not pooled.all())
+        if defined:
+            result.values[f"{metric}_micro"] = _quiet(fn, pooled, scores)
+        else:
+            result.missing[f"{metric}_micro"] = (
+                f"the pooled known cells lack a class; {metric.upper()} undefined"
+            )
+    result.values = {k: result.values[k] for k in MULTILABEL_METRICS if k in result.values}
+    return result
+
+
+class MultiLabelBootstrapResult(BootstrapResult):
+    """`BootstrapResult` of `multilabel_bootstrap_ci` (images resampled without strata)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "method": "bootstrap over images, percentile intervals"}
+
+
+def multilabel_bootstrap_indices(n: int, n_resamples: int, *, seed: int = 0) -> np.ndarray:
+    """The resamples `multilabel_bootstrap_ci` uses: indices (n_resamples, n) drawn with replacement over
+    all images (a multi-label image has no single class to stratify by)."""
+    return _StratifiedSampler(np.zeros(int(n), np.int64), seed).draw(int(n_resamples))
+
+
+def multilabel_bootstrap_ci(
+    y_true: Any,
+    proba: Any,
+    *,
+    classes: Sequence[Any] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapResult:
+    """Bootstrap percentile intervals of `auroc_macro`, `auroc_micro` and each label's AUROC
+    (``auroc:<name>``).
+
+    Images are resampled with replacement (`multilabel_bootstrap_indices`) and scored with the weighted
+    AUROC of `bootstrap_ci` (each label on its known rows). The macro mean is over the labels whose AUROC is
+    defined on the full test set; a resample where one of them lacks a class is dropped for that metric
+    (`n_used` counts the resamples kept). Raises `ProbeError` on invalid inputs or arguments.
+    """
+    if int(n_resamples) < 1:
+        raise ProbeError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0.0 < float(level) < 1.0:
+        raise ProbeError(f"level must lie strictly between 0 and 1, got {level}")
+    y, p = check_multilabel(y_true, proba, classes=classes)
+    point = multilabel_metrics(y, p, classes=classes)
+    n, c = y.shape
+    plans = {
+        f"auroc:{name}": _RankPlan(p[:, k], y[:, k] == 1, np.flatnonzero(~np.isnan(y[:, k])))
+        for k, name in enumerate(point.per_label)
+        if point.per_label[name]["auroc"] is not None
+    }
+    cells = np.flatnonzero(~np.isnan(y).ravel())
+    micro = _RankPlan(p.ravel(), y.ravel() == 1, cells) if "auroc_micro" in point.values else None
+    sampler = _StratifiedSampler(np.zeros(n, np.int64), seed)
+    chunk = max(1, min(int(n_resamples), 2_000_000 // max(n * c, 1)))
+    collected: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < n_resamples:
+        weights = sampler.counts(sampler.draw(min(chunk, n_resamples - done)))
+        scores = {name: plan.auroc(weights) for name, plan in plans.items()}
+        if plans:
+            scores["auroc_macro"] = np.mean(list(scores.values()), axis=0)  # NaN if any label is undefined
+        if micro is not None:
+            scores["auroc_micro"] = micro.auroc(np.repeat(weights, c, axis=1))
+        for name, values in scores.items():
+            collected.setdefault(name, []).append(values)
+        done += len(weights)
+    intervals: dict[str, tuple[float, float]] = {}
+    n_used: dict[str, int] = {}
+    for name in sorted(collected, key=lambda k: (":" in k, k)):
+        values = _finite(collected[name])
+        n_used[name] = int(values.size)
+        if values.size:
+            intervals[name] = _percentile_interval(values, level)
+    return MultiLabelBootstrapResult(
+        intervals, n_used=n_used, n_resamples=int(n_resamples), level=level, seed=seed
+    )

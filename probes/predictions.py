@@ -4,6 +4,10 @@ Per-sample predictions: `filename,true_label,predicted_label,probability_class_0
 (integer labels; optional `split` and extra columns follow). Per-dataset summary: `Dataset,W_F1,AUROC,BACC,
 ACC,AUPR` as fractions in [0, 1]; a metric that could not be computed is an empty cell (its reason is in the
 metrics JSON), never 0.
+
+Multi-label predictions (`write_multilabel_predictions`): `filename,label_set,uncertain_set,
+probability_<label>...` (one independent probability per label, in class order; the sets are the true
+positive and unknown labels joined by ``|``, as in the manifest), then `split`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from probes.metrics import MetricResult, check_probabilities, paired_bootstrap_d
 __all__ = [
     "PREDICTION_COLUMNS",
     "SUMMARY_COLUMNS",
+    "multilabel_probability_columns",
     "paired_difference_table",
     "prediction_proba",
     "probability_columns",
     "read_predictions",
     "summary_row",
+    "write_multilabel_predictions",
     "write_predictions",
     "write_summary",
 ]
@@ -82,6 +88,42 @@ def write_predictions(
             if len(values) != n:
                 raise ProbeError(f"extra column {name!r} has {len(values)} entries but there are {n} samples")
             table[name] = np.asarray(values)
+    return write_csv(path, table)
+
+
+def multilabel_probability_columns(classes: Sequence[Any]) -> list[str]:
+    """Column names of per-label probabilities: `probability_<label name>`."""
+    return [f"probability_{name}" for name in classes]
+
+
+def write_multilabel_predictions(
+    path: str | os.PathLike[str],
+    ids: Sequence[Any],
+    targets: Any,
+    proba: Any,
+    classes: Sequence[Any],
+    *,
+    split: str | None = None,
+) -> Path:
+    """Write one row per image: `filename`, the true `label_set` and `uncertain_set` (from `targets` (N, C)
+    of 1/0/NaN), one `probability_<label>` column per class, and `split` when given. Raises `ProbeError` on
+    invalid inputs (`probes.metrics.check_multilabel`) or a length mismatch."""
+    from probes.metrics import check_multilabel  # the module imports only what single-label files need
+
+    y, p = check_multilabel(targets, proba, classes=classes)
+    ids = list(ids)
+    if len(ids) != len(p):
+        raise ProbeError(f"ids has {len(ids)} entries but proba has {len(p)} rows")
+    names = np.asarray([str(c) for c in classes], dtype=object)
+
+    def joined(mask: np.ndarray) -> list[str]:
+        return ["|".join(names[row]) for row in mask]
+
+    table = pd.DataFrame({"filename": ids, "label_set": joined(y == 1), "uncertain_set": joined(np.isnan(y))})
+    for i, column in enumerate(multilabel_probability_columns(names)):
+        table[column] = p[:, i]
+    if split is not None:
+        table["split"] = split
     return write_csv(path, table)
 
 

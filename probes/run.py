@@ -1,6 +1,11 @@
 """`panderm probe`: features of a frozen encoder (cached) or from a user's .npz, one probe, and its outputs:
 metrics.json (values, missing metrics with reasons, bootstrap CIs, subgroup gaps), per-image predictions in
-PanDerm's columns, a PanDerm summary row, figures and report.md/html in the run folder."""
+PanDerm's columns, a PanDerm summary row, figures and report.md/html in the run folder.
+
+A multi-label manifest (`label_set`) runs the one-vs-rest versions of linear_sweep, linear_panderm and knn
+(`probes.multilabel`); metrics.json then holds per-label and macro/micro AUROC with bootstrap CIs, and
+predictions.csv one probability column per label (`evaluate_multilabel`). No classifier file is saved and no
+figures are drawn for multi-label runs yet."""
 
 from __future__ import annotations
 
@@ -26,10 +31,19 @@ from probes.encoders import load_probe_encoder
 from probes.features import FeatureSet, cached_features, load_feature_file, resolve_device
 from probes.fewshot import label_efficiency, run_fewshot
 from probes.knn import knn_proba, prototype_proba
+from probes.linear import METRICS as SINGLE_LABEL_METRICS
 from probes.linear import LinearProbe, fit_linear_panderm, fit_linear_sweep
-from probes.metrics import bootstrap_ci, classification_metrics, subgroup_gaps, subgroup_metrics
+from probes.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    multilabel_bootstrap_ci,
+    multilabel_metrics,
+    subgroup_gaps,
+    subgroup_metrics,
+)
+from probes.multilabel import fit_multilabel_panderm, fit_multilabel_sweep, multilabel_knn_proba
 from probes.plots import plot_confusion, plot_curve, plot_reliability, plot_roc, plot_umap
-from probes.predictions import summary_row, write_predictions, write_summary
+from probes.predictions import summary_row, write_multilabel_predictions, write_predictions, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +103,31 @@ CLASSIFIERS: dict[str, Callable[..., tuple[np.ndarray, dict[str, Any], LinearPro
     "linear_sweep": _fit_linear,
     "knn": _fit_knn,
 }
+
+
+def _fit_multilabel(
+    sets: Mapping[str, FeatureSet], device: torch.device, seed: int, name: str, **options: Any
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The multi-label version of probe `name`: (test probabilities (M, C), recipe)."""
+    x, y = sets["train"].tensors(device)
+    query = sets["test"].tensors(device)[0]
+    if name == "knn":
+        _check_options(multilabel_knn_proba, name, options)
+        proba = multilabel_knn_proba(x, y, query, **options)
+        return proba, {"name": "multilabel_knn", **options}
+    if name == "linear_panderm":
+        _check_options(fit_multilabel_panderm, name, options)
+        probe = fit_multilabel_panderm(x, y, **options)
+    else:
+        if options.get("metric") in SINGLE_LABEL_METRICS:  # the linear_sweep config's single-label default
+            log.info("multi-label linear_sweep selects C by macro AUROC, not %s", options.pop("metric"))
+        _check_options(fit_multilabel_sweep, name, options)
+        val = sets["val"].tensors(device) if "val" in sets else (None, None)
+        probe = fit_multilabel_sweep(x, y, *val, seed=seed, **options)
+    return probe.predict_proba(query), probe.recipe
+
+
+MULTILABEL_PROBES = ("linear_sweep", "linear_panderm", "knn")
 CURVES: dict[str, Callable[..., pd.DataFrame]] = {
     "fewshot": run_fewshot,
     "label_efficiency": label_efficiency,
@@ -146,6 +185,49 @@ def _class_names(sets: Mapping[str, FeatureSet]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- outputs
+
+
+def evaluate_multilabel(
+    test: FeatureSet,
+    proba: np.ndarray,
+    classes: list[str],
+    run_dir: Path,
+    *,
+    bootstrap: int,
+    seed: int,
+    dataset: str,
+    report: Report,
+) -> dict[str, Any]:
+    """Per-label and macro/micro AUROC (+ bootstrap CIs), predictions.csv (one probability column per label
+    and the true label_set) and a PanDerm summary row (AUROC = macro AUROC, AUPR = macro AP)."""
+    y = test.labels
+    metrics = multilabel_metrics(y, proba, classes=classes)
+    result: dict[str, Any] = metrics.to_dict()
+    intervals: dict[str, Any] = {}
+    if bootstrap:
+        result["ci95"] = multilabel_bootstrap_ci(y, proba, classes=classes, n_resamples=bootstrap, seed=seed)
+        result["ci95"] = result["ci95"].to_dict()
+        intervals = result["ci95"]["intervals"]
+    write_multilabel_predictions(run_dir / PREDICTIONS, test.ids, y, proba, classes, split="test")
+    row = {"Dataset": dataset, "W_F1": np.nan, "AUROC": np.nan, "BACC": np.nan, "ACC": np.nan, "AUPR": np.nan}
+    row.update(AUROC=metrics.values.get("auroc_macro", np.nan), AUPR=metrics.values.get("ap_macro", np.nan))
+    write_summary(run_dir / SUMMARY, [row])
+
+    def ci(name: str) -> str:
+        return "[{:.3f}, {:.3f}]".format(*intervals[name]) if name in intervals else ""
+
+    table = pd.DataFrame([{"metric": k, "value": v, "95% CI": ci(k)} for k, v in metrics.values.items()])
+    report.table(table, f"Test metrics ({len(y)} images, {len(classes)} labels)")
+    per_label = pd.DataFrame(
+        [
+            {"label": name, **{k: v for k, v in entry.items()}, "AUROC 95% CI": ci(f"auroc:{name}")}
+            for name, entry in metrics.per_label.items()
+        ]
+    )
+    report.table(per_label, "AUROC and average precision per label (test)")
+    for name, reason in metrics.missing.items():
+        report.text(f"- `{name}` not computed: {reason}")
+    return result
 
 
 def evaluate_predictions(
@@ -224,7 +306,28 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
         metrics["skipped_images"] = skipped
         listed = f"listed in `{SKIPPED_IMAGES}`"
         report.text(f"{skipped} unreadable image(s) skipped (data.on_bad_image=skip), {listed}.")
-    if name in CLASSIFIERS:
+    if sets["train"].is_multilabel:
+        if name not in MULTILABEL_PROBES:
+            raise ProbeError(
+                f"probe {name!r} is not for multi-label data yet; use one of {MULTILABEL_PROBES} "
+                "(one-vs-rest versions)"
+            )
+        if list(cfg.subgroups):
+            raise ConfigError(
+                f"subgroups={list(cfg.subgroups)}: subgroup tables are not for multi-label data yet"
+            )
+        proba, metrics["recipe"] = _fit_multilabel(sets, device, cfg.seed, name, **options)
+        metrics["test"] = evaluate_multilabel(
+            sets["test"],
+            np.asarray(proba, dtype=np.float64),
+            classes,
+            run_dir,
+            bootstrap=cfg.bootstrap,
+            seed=cfg.seed,
+            dataset=dataset,
+            report=report,
+        )
+    elif name in CLASSIFIERS:
         proba, recipe, fitted = CLASSIFIERS[name](sets, len(classes), device, cfg.seed, name, **options)
         metrics["recipe"] = recipe
         if fitted is not None and not cfg.features:  # a saved model the MLLM expert backend can answer with
