@@ -45,7 +45,8 @@ class MedMNISTSet:
     modality: str | None
 
 
-#: Known MedMNIST v2 2-D sets by file-name prefix (class order as in the medmnist package's INFO table).
+#: Every MedMNIST v2 2-D set by file-name prefix (``<set>.npz`` = 28 px, ``<set>_64/_128/_224.npz``), with
+#: class names in the order of the medmnist package's INFO table and the imaging modality.
 KNOWN_SETS: dict[str, MedMNISTSet] = {
     "pathmnist": MedMNISTSet(
         (
@@ -61,10 +62,31 @@ KNOWN_SETS: dict[str, MedMNISTSet] = {
         ),
         "pathology",
     ),
+    "chestmnist": MedMNISTSet(  # multi-label: one column per finding, in this order
+        (
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ),
+        "xray",
+    ),
     "dermamnist": MedMNISTSet(("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), "dermoscopy"),
     "octmnist": MedMNISTSet(("cnv", "dme", "drusen", "normal"), "oct"),
     "pneumoniamnist": MedMNISTSet(("normal", "pneumonia"), "xray"),
-    "retinamnist": MedMNISTSet(None, "fundus"),  # ordinal grades 0-4: integer classes
+    # ordinal diabetic-retinopathy grades 0-4 (MedMNIST names them "0".."4"); named so that a split
+    # without grade 4 still has five classes
+    "retinamnist": MedMNISTSet(tuple(f"grade_{g}" for g in range(5)), "fundus"),
     "breastmnist": MedMNISTSet(("malignant", "normal_benign"), "ultrasound"),
     "bloodmnist": MedMNISTSet(
         (
@@ -76,6 +98,19 @@ KNOWN_SETS: dict[str, MedMNISTSet] = {
             "monocyte",
             "neutrophil",
             "platelet",
+        ),
+        "microscopy",
+    ),
+    "tissuemnist": MedMNISTSet(
+        (
+            "collecting_duct_connecting_tubule",
+            "distal_convoluted_tubule",
+            "glomerular_endothelial_cells",
+            "interstitial_endothelial_cells",
+            "leukocytes",
+            "podocytes",
+            "proximal_tubule_segments",
+            "thick_ascending_limb",
         ),
         "microscopy",
     ),
