@@ -80,20 +80,20 @@ def test_paired_bootstrap_matches_brute_force_loop():
         lambda r: roc_auc_score(y[r], a[r]),
         lambda r: roc_auc_score(y[r], b[r]),
         len(y),
-        n_boot=300,
+        n_boot=100,
         seed=7,
         strata=y,
     )
     diffs = []
-    for rows in bootstrap_indices(y, 300, seed=7):  # the same seeded draws, scored one by one
+    for rows in bootstrap_indices(y, 100, seed=7):  # the same seeded draws, scored one by one
         diffs.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
     diffs = np.array(diffs)
     assert result.difference == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
     assert (result.low, result.high) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-    below = (1 + sum(d <= 0 for d in diffs)) / 301
-    above = (1 + sum(d >= 0 for d in diffs)) / 301
+    below = (1 + sum(d <= 0 for d in diffs)) / 101
+    above = (1 + sum(d >= 0 for d in diffs)) / 101
     assert result.p_value == pytest.approx(min(1, 2 * min(below, above)))
-    assert result.n_used == 300
+    assert result.n_used == 100
 
 
 def test_bootstrap_p_value_and_holm_by_hand():

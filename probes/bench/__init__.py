@@ -1,0 +1,1 @@
+"""`panderm bench`: suites of tasks across data sets and encoders, resumable cells, a leaderboard."""
