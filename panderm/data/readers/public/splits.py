@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from panderm.errors import ConfigError, DataError
 from panderm.io import read_csv, write_csv
@@ -30,8 +30,12 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise DataError(f"{n_groups} groups cannot be dealt into {n_splits} folds; use fewer, larger splits")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    if n_groups == len(groups):  # one row per group: the same split, without the grouped search's cost
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held = next(folds.split(np.zeros(len(labels)), labels))
+    else:
+        grouped = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held = next(grouped.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
