@@ -18,7 +18,7 @@ from panderm.data.readers.public import read_public
 from panderm.data.readers.public.rsna_pneumonia import read_rsna_labels, read_rsna_pneumonia
 from panderm.data.readers.public.splits import crossing_groups
 from panderm.data.sources import load_data
-from panderm.errors import ManifestError
+from panderm.errors import ConfigError, DataError, ManifestError
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.shared_data
@@ -247,3 +247,10 @@ def test_test_images_only_when_asked(fixture: dict, tmp_path: Path) -> None:
     assert sorted(extra["patient_id"]) == ["t0", "t1"]
     assert extra["label"].isna().all() and set(extra["split"]) == {"train"}
     assert manifest.unlabeled_rows() == extra["row"].tolist()
+
+
+def test_unknown_option_and_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['include_test'\]"):
+        read_public("rsna_pneumonia", tmp_path, out_dir=tmp_path, include_test=True)
+    with pytest.raises(DataError, match=r"stage_2_train_labels\.csv"):
+        read_public("rsna_pneumonia", tmp_path, out_dir=tmp_path)

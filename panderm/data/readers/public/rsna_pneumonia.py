@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from panderm.data.manifest import Manifest, build_manifest, format_boxes
 from panderm.data.radiology import Window, format_window
 from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
-from panderm.errors import DataError, ManifestError
+from panderm.errors import ConfigError, DataError, ManifestError
 from panderm.io import read_csv
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ def read_rsna_pneumonia(
     include_test_images: bool = False,
     window: Window = IDENTITY_WINDOW,
     check_files: bool = True,
+    **unknown: Any,
 ) -> Manifest:
     """Manifest of the RSNA Pneumonia folder `path` (layout in the module docstring), rooted at `path`.
 
@@ -173,6 +175,11 @@ def read_rsna_pneumonia(
     (for pretraining; a probe refuses unlabeled rows). Raises `DataError`/`ManifestError` naming the file,
     row and field: a bad labels row, labelled patients without a DICOM (listed), a bad class-info file.
     """
+    if unknown:
+        raise ConfigError(
+            f"data.options: unknown option(s) {sorted(unknown)} for rsna_pneumonia; known: "
+            "['check_files', 'include_test_images', 'window']"
+        )
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: RSNA Pneumonia folder not found")
