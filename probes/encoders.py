@@ -11,12 +11,21 @@
   ``random:vit_tiny/8@64,depth=2``): a randomly initialised panderm `Encoder` built from that spec;
   ``random:<timm name>`` builds any timm model at random instead;
 - ``timm:<name>`` (random init, ``pretrained=False``) or ``timm:<name>:<weights path>`` (local
-  safetensors/torch weights). Nothing is ever downloaded.
+  safetensors/torch weights). Nothing is ever downloaded;
+- ``open_clip:<model name>:<weights file>`` (e.g. ``open_clip:ViT-B-16:monet.pt``) or ``open_clip:<folder>``
+  (a Hugging Face hub copy of an open_clip model: ``open_clip_config.json`` + ``open_clip_model.safetensors``
+  or ``open_clip_pytorch_model.bin``): the vision tower only (`panderm.models.open_clip_encoder`);
+- ``hf:<folder>``: a transformers `AutoModel` vision backbone saved with ``save_pretrained`` together with
+  its image processor (`panderm.models.hf_encoder`), local files only;
+- ``pixels`` or ``pixels@<size>`` (default 32): the resized image itself as the feature vector
+  (`panderm.models.pixel_encoder`).
 
 Identity (`encoder_hash`): files are identified by the sha256 of their weights plus the settings that change
 the features (architecture, image size); random-init encoders by their spec, the seed and the torch/timm
 versions, because initialisation is seeded (`seed=`, default 0) and reproducible for a given library
-version, but timm may change its init schemes between versions. An encoder built in memory without going
+version, but timm may change its init schemes between versions. open_clip and hf encoders are
+identified by the sha256 of their weight file(s) plus their spec (which records the model config and the
+preprocessing); the pixel baseline by its spec alone. An encoder built in memory without going
 through `load_probe_encoder` is identified by hashing its state dict (exact, costs one pass over the
 weights). The identity is recorded at load time: if you change a loaded encoder's weights in place (e.g.
 fine-tune it), call `forget_identity(encoder)` so the next hash is computed from the weights.
@@ -51,6 +60,7 @@ from panderm.models.checkpoints import (
 )
 from panderm.models.encoder import ARCHITECTURES, Encoder, EncoderSpec
 from panderm.models.panderm_import import _fit_pos_embed, import_panderm
+from panderm.models.pixel_encoder import DEFAULT_SIZE, PixelEncoder
 from panderm.models.timm_encoder import TimmEncoder, create_timm
 
 log = logging.getLogger(__name__)
@@ -63,8 +73,10 @@ SPEC_FORMS = (
     "an exported checkpoint (stem, .safetensors or .json) or a folder holding one; "
     "panderm_vit_base:<path> / panderm_vit_large:<path> / panderm:<path> / a .pth file (PanDerm release); "
     "random:<arch>/<patch>@<size>[,depth=N] (e.g. random:vit_tiny/8@64) or random:<timm name>; "
-    "timm:<name> or timm:<name>:<weights path>"
+    "timm:<name> or timm:<name>:<weights path>; "
+    "open_clip:<model name>:<weights file> or open_clip:<folder>; hf:<folder>; pixels or pixels@<size>"
 )
+_PIXELS = re.compile(r"pixels(?:@(?P<size>\d+))?")
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -130,12 +142,20 @@ def load_probe_encoder(
     (position embeddings of a file checkpoint are regenerated (sin-cos) or resampled (learnt) to the new
     grid); `seed` seeds random initialisation without touching the global RNG; `strict` is passed to weight
     loading. Returns an `Encoder` (or a `TimmEncoder` for timm models) whose `encoder_hash` is stable.
-    Raises `ProbeError` for a spec that names no existing file or known form, and `CheckpointError` for a
-    file that cannot be loaded.
+    open_clip and hf encoders run at the size of their preprocessing config (`image_size` must agree);
+    ``pixels`` takes `image_size` as its size. Raises `ProbeError` for a spec that names no existing file
+    or known form, and `CheckpointError` for a file that cannot be loaded.
     """
     text = os.fspath(spec)
     scheme, _, rest = text.partition(":")
-    if scheme == "random" and rest:
+    pixels = _PIXELS.fullmatch(text.strip())
+    if pixels is not None:
+        encoder = _pixels(int(pixels["size"] or DEFAULT_SIZE), image_size=image_size)
+    elif scheme == "open_clip" and rest:
+        encoder = _open_clip(rest, image_size=image_size, strict=strict)
+    elif scheme == "hf" and rest:
+        encoder = _hf(Path(rest), image_size=image_size, strict=strict, seed=seed)
+    elif scheme == "random" and rest:
         encoder = _random_encoder(rest, image_size=image_size, seed=seed)
     elif scheme == "timm" and rest:
         name, _, weights = rest.partition(":")
@@ -147,6 +167,40 @@ def load_probe_encoder(
     encoder.eval().requires_grad_(False)
     log.info("probe encoder %s: hash %s", text, encoder_hash(encoder))
     return encoder
+
+
+def _check_size(text: str, encoder: nn.Module, image_size: int | None) -> None:
+    if image_size is not None and image_size != encoder.spec.image_size:
+        raise ProbeError(
+            f"{text}: image_size={image_size} differs from its preprocessing config's "
+            f"{encoder.spec.image_size} px; open_clip and hf encoders run at their own size"
+        )
+
+
+def _pixels(size: int, *, image_size: int | None) -> PixelEncoder:
+    encoder = PixelEncoder(image_size or size)
+    return set_identity(encoder, {"kind": "pixels", "spec": encoder.spec.to_dict()})
+
+
+def _open_clip(rest: str, *, image_size: int | None, strict: bool) -> nn.Module:
+    from panderm.models.open_clip_encoder import load_open_clip_encoder  # open_clip is slow to import
+
+    encoder, weights = load_open_clip_encoder(rest, strict=strict)
+    _check_size(f"open_clip:{rest}", encoder, image_size)
+    identity = {"kind": "open_clip", "weights": checkpoint_hash(weights), "spec": encoder.spec.to_dict()}
+    return set_identity(encoder, identity)
+
+
+def _hf(folder: Path, *, image_size: int | None, strict: bool, seed: int) -> nn.Module:
+    from panderm.models.hf_encoder import load_hf_encoder, weight_files  # transformers is slow to import
+
+    encoder = load_hf_encoder(folder, strict=strict, seed=seed)
+    _check_size(f"hf:{folder}", encoder, image_size)
+    weights = {path.name: checkpoint_hash(path) for path in weight_files(folder)}
+    identity = {"kind": "hf", "weights": weights, "spec": encoder.spec.to_dict()}
+    if not strict:  # weights missing from the folder were initialised from the seed
+        identity["seed"] = int(seed)
+    return set_identity(encoder, identity)
 
 
 def _missing(path: Path, what: str) -> ProbeError:

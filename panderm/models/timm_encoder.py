@@ -114,8 +114,19 @@ def timm_encoder_from_spec(spec: EncoderSpec) -> TimmEncoder:
 
 
 def encoder_from_spec(spec: EncoderSpec) -> nn.Module:
-    """A randomly initialised encoder for a recorded spec: a `TimmEncoder` for ``timm:`` specs, else an
-    `Encoder` (saved heads rebuild their encoder this way before loading weights)."""
+    """A randomly initialised encoder for a recorded spec: a `TimmEncoder` for ``timm:`` specs, an
+    `OpenClipEncoder` / `HfEncoder` / `PixelEncoder` for "open_clip" / "hf" / "pixels" specs (their spec
+    records the model config), else an `Encoder` (saved heads rebuild their encoder this way before loading
+    weights)."""
     from panderm.models.encoder import Encoder
 
-    return timm_encoder_from_spec(spec) if spec.arch.startswith("timm:") else Encoder(spec)
+    if spec.arch.startswith("timm:"):
+        return timm_encoder_from_spec(spec)
+    if spec.arch in ("open_clip", "hf", "pixels"):  # imported here: they import this module
+        from panderm.models.hf_encoder import hf_encoder_from_spec
+        from panderm.models.open_clip_encoder import open_clip_encoder_from_spec
+        from panderm.models.pixel_encoder import pixel_encoder_from_spec
+
+        build = {"open_clip": open_clip_encoder_from_spec, "hf": hf_encoder_from_spec}
+        return build.get(spec.arch, pixel_encoder_from_spec)(spec)
+    return Encoder(spec)
