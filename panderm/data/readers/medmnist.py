@@ -1,7 +1,8 @@
 """MedMNIST ``.npz`` files as a manifest: the arrays are exported once as PNG files, then reused.
 
 A MedMNIST file holds ``{train,val,test}_images`` ((N, H, W) grayscale or (N, H, W, 3) RGB uint8, any size:
-28/64/128/224) and ``{split}_labels`` ((N,) or (N, 1)). Every image becomes
+28/64/128/224) and ``{split}_labels`` ((N,) or (N, 1); (N, C) of 0/1 for a multi-label set such as
+ChestMNIST, whose rows become a `label_set` of the positive names). Every image becomes
 ``out_dir/images/<split>_<index:05d>.png`` and ``out_dir/manifest.csv`` lists them; a stamp file records
 which npz (size, mtime, hash of its first MB) and which parameters produced the export, so a second call
 with the same input reads the manifest instead of writing anything.
@@ -157,8 +158,10 @@ def read_medmnist(
     (position in the npz split) and `modality` for known sets. `classes` defaults to the known names of the
     set (by file-name prefix, see `KNOWN_SETS`), else integer classes 0..max. A second call with the same npz
     (size, mtime, first-MB hash) and parameters reuses the export. Raises `DataError` naming the file when it
-    cannot be read, keys are missing (listing those found), arrays have unexpected shapes, or the labels are
-    multi-label; `ManifestError` when labels fall outside `classes`.
+    cannot be read, keys are missing (listing those found) or arrays have unexpected shapes; `ManifestError`
+    when labels fall outside `classes`. Multi-label sets ((N, C) labels of 0/1, e.g. ChestMNIST) get a
+    `label_set` column (the positive names joined by ``|``) instead of `label`; `classes` are then the C
+    names (the known set's, else "0".."C-1").
     """
     npz_path, out_dir = Path(npz_path), Path(out_dir)
     if not npz_path.is_file():
@@ -171,11 +174,15 @@ def read_medmnist(
         return reused
 
     splits = _load_arrays(npz_path)
-    if requested is None:
+    multilabel = any(labels.ndim == 2 for _, labels in splits.values())
+    if multilabel and requested is None:
+        width = next(labels.shape[1] for _, labels in splits.values())
+        requested = [str(i) for i in range(width)]
+    elif requested is None:
         top = max((int(labels.max()) for _, labels in splits.values() if len(labels)), default=-1)
         requested = top + 1
     (out_dir / STAMP_NAME).unlink(missing_ok=True)  # an interrupted export must not look complete
-    table = _export(splits, out_dir)
+    table = _export(splits, out_dir, list(requested) if multilabel else None)
     if info.modality is not None:
         table["modality"] = info.modality
     manifest = build_manifest(table, out_dir, classes=requested, source=str(npz_path), check_files=False)
@@ -249,11 +256,12 @@ def _check_split(
         )
     if images.dtype != np.uint8:
         raise DataError(f"{npz_path}: {split}_images has dtype {images.dtype}; expected uint8")
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        raise DataError(
-            f"{npz_path}: {split}_labels has shape {labels.shape}: multi-label sets (one column per finding, "
-            "e.g. ChestMNIST) are not supported yet"
-        )
+    if labels.ndim == 2 and labels.shape[1] > 1:  # multi-label: one 0/1 column per finding (ChestMNIST)
+        if len(labels) != len(images):
+            raise DataError(f"{npz_path}: {split} has {len(images)} images but {len(labels)} label rows")
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{npz_path}: {split}_labels has shape {labels.shape} but values other than 0/1")
+        return images, labels.astype(np.int64)
     if labels.ndim > 2:
         raise DataError(f"{npz_path}: {split}_labels has shape {labels.shape}; expected (N,) or (N, 1)")
     labels = labels.reshape(-1)
@@ -268,8 +276,11 @@ def _check_split(
     return images, labels.astype(np.int64)
 
 
-def _export(splits: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> pd.DataFrame:
-    """Write every image as PNG (Pillow, low compression: speed over size) and return the manifest rows."""
+def _export(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, names: list[str] | None = None
+) -> pd.DataFrame:
+    """Write every image as PNG (Pillow, low compression: speed over size) and return the manifest rows;
+    with `names` (multi-label) the (N, C) labels become `label_set` cells of those names."""
     folder = out_dir / IMAGES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[Any]] = {"image": [], "split": [], "label": [], "index": []}
@@ -281,10 +292,14 @@ def _export(splits: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> 
             written.add(name)
         rows["image"] += [f"{IMAGES_DIR}/{split}_{i:05d}.png" for i in range(len(images))]
         rows["split"] += [split] * len(images)
-        rows["label"] += labels.tolist()
+        if names is None:
+            rows["label"] += labels.tolist()
+        else:
+            rows["label"] += ["|".join(n for n, v in zip(names, row, strict=True) if v) for row in labels]
         rows["index"] += list(range(len(images)))
     # images of an earlier, larger export of another npz would otherwise linger beside the new ones
     for entry in os.scandir(folder):
         if _EXPORTED.match(entry.name) and entry.name not in written:
             os.unlink(entry.path)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table if names is None else table.rename(columns={"label": "label_set"})
