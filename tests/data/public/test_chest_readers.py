@@ -249,3 +249,25 @@ def test_chestmnist_labels_become_label_sets(tmp_path):
     np.testing.assert_array_equal(manifest.targets(), expected)
     again = read_medmnist(tmp_path / "chestmnist.npz", tmp_path / "out")  # the export is reused
     np.testing.assert_array_equal(again.targets(), expected)
+
+
+def test_chexpert_through_the_data_config(chexpert, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from panderm.config import register_configs
+    from panderm.data.sources import load_data
+    from panderm.paths import config_dir
+
+    register_configs()
+    with initialize_config_dir(str(config_dir("probe")), version_base="1.3"):
+        cfg = compose(
+            "probe",
+            overrides=[
+                "data=chexpert",
+                f"data.path={chexpert}",
+                f"data.out_dir={tmp_path}",
+                "+data.options.uncertain=ones",
+            ],
+        )
+    manifest = load_data(cfg.data, tmp_path)
+    assert hand_row(manifest)["Cardiomegaly"] == 1.0
