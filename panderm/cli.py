@@ -30,6 +30,10 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
         "probes.segmentation.run:run_segment",
         "train and evaluate a segmentation head on an encoder",
     ),
+    "bench": (
+        "probes.bench.run:run_bench",
+        "compare encoders across a suite of tasks: resumable cells, leaderboard with paired tests",
+    ),
     "vqa": (
         "panderm.mllm.run:run_vqa",
         "region-aware medical VQA with an MLLM backend (hf, openai, expert): cached, resumable, scored",

@@ -500,6 +500,78 @@ class ICLConfig:
     dry_run_tokenizer: str | None = None
 
 
+@dataclass
+class BenchTaskConfig:
+    """One task of a `panderm bench` suite. `type`: classification (binary or multi-class; a multi-label
+    manifest runs the multi-label probe), multilabel, segmentation, fewshot or label_efficiency. `data` is a
+    data config's fields; `probes` are probe presets (configs/probe_command/probe/) or, for segmentation,
+    heads, with `probe_options` per probe/head merged into the preset's options; `metric` is the primary
+    metric (default by type); `limit_per_split` keeps at most that many images per split (an int, or
+    {split: n}; stratified by label, seeded) for quick runs; `options` are cell config overrides (dotted keys,
+    e.g. `trainer.max_epochs: 1`). Segmentation: `eval_split` is scored, `train_from` names the task whose
+    segmenter this one evaluates (an external test set), `baselines` adds centre_ellipse / otsu rows.
+    Curves: `curve_point` picks one x (shot or fraction) instead of the mean over the curve."""
+
+    name: str = "???"
+    type: str = "classification"
+    data: DataConfig = field(default_factory=DataConfig)
+    probes: list[str] = field(default_factory=lambda: ["linear_sweep"])
+    probe_options: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    limit_per_split: Any = None
+    subgroups: list[str] = field(default_factory=list)
+    eval_split: str = "test"
+    train_from: str | None = None
+    baselines: list[str] = field(default_factory=list)
+    curve_point: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchSuiteConfig:
+    """A suite (configs/bench_command/suite/): a name, a description and its tasks."""
+
+    name: str = "???"
+    description: str = ""
+    tasks: list[BenchTaskConfig] = field(default_factory=list)
+
+
+@dataclass
+class BenchConfig:
+    """`panderm bench`: every (encoder, task, probe, seed) cell of a suite, resumable, and a leaderboard.
+
+    `encoders` are `panderm probe encoder=` specs; `tasks` keeps those tasks only (default all) and
+    `skip_types` drops task types (e.g. [segmentation]); `limit` overrides every task's images per split and
+    `seeds`, `probes` override every task's; `paths.<dataset>` points a task at its local copy (a task whose
+    path is unset is skipped with a note); `data_root` is the folder of the shipped local data.
+    `cache_dir` (default `<run>/feature_cache`) holds features and the prepared task data, shared by every
+    cell (and by other runs pointed at it). `device`, `batch_size`, `num_workers`, `bootstrap` go to each
+    cell; `cell_plots` draws each cell's figures; `max_epochs` overrides segmentation training; `n_boot` and
+    `seed` drive the leaderboard's paired bootstrap."""
+
+    seed: int = 0
+    suite: BenchSuiteConfig = field(default_factory=BenchSuiteConfig)
+    encoders: list[str] = field(default_factory=list)
+    tasks: list[str] | None = None
+    skip_types: list[str] = field(default_factory=list)
+    limit: int | None = None
+    seeds: list[int] | None = None
+    probes: list[str] | None = None
+    data_root: str = "../shared/data"
+    paths: dict[str, str | None] = field(default_factory=dict)
+    cache_dir: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 0
+    bootstrap: int = 1000
+    n_boot: int = 1000
+    max_epochs: int | None = None
+    cell_plots: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
 @dataclass(frozen=True)
 class Bound:
     """The allowed values of a numeric config field: `allows(value)` says whether one is, `text` says what is
@@ -611,6 +683,7 @@ def register_configs() -> None:
     store.store(name="segment_schema", node=SegmentConfig)
     store.store(name="vqa_schema", node=VQAConfig)
     store.store(name="icl_schema", node=ICLConfig)
+    store.store(name="bench_schema", node=BenchConfig)
     # not in a group: `data` must stay a plain value for `panderm vqa data=<file>` (configs/data/*.yaml and
     # their `synth` alias in vqa_command name the schema by its absolute path)
     store.store(name="data_schema", node=DataConfig)

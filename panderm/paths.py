@@ -19,6 +19,7 @@ OWN_CONFIG_TREES = {
     "segment": "segment_command",
     "vqa": "vqa_command",
     "icl": "icl_command",
+    "bench": "bench_command",
 }
 
 
