@@ -1,40 +1,46 @@
-"""scripts/segmentation_table.py on a small slice of the real ISIC 2017 and PH2 data (smoke run)."""
+"""The `segmentation_table` bench suite (what scripts/segmentation_table.py computed) on a small slice of the
+real ISIC 2017 and PH2 data: a head trained on ISIC, scored on ISIC val and on PH2 (external) with its
+segmenter, the centre-ellipse and Otsu baselines, and Dice differences with paired intervals."""
 
 from __future__ import annotations
 
-import runpy
-import sys
+import json
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, shared_path
+from panderm.cli import main
+from tests.conftest import shared_path
 
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_segmentation_table_script_runs_on_isic_and_ph2(tmp_path, monkeypatch):
-    isic, ph2 = shared_path("isic2017_seg_256"), shared_path("ph2")
-    script = str(REPO / "scripts" / "segmentation_table.py")
-    command = [script, f"--isic={isic}", f"--ph2={ph2}"]
-    command += [
-        "--limit=12",
-        "--epochs=1",
-        "--pretrain-epochs=1",
-        "--heads=linear",  # one head: the head loop is the script's, the heads are tested in test_segment
-        "--no-plots",
-        f"--out={tmp_path}",
-    ]
-    monkeypatch.setattr(sys, "argv", command)
-    runpy.run_path(script, run_name="__main__")  # in-process: the imports are the test worker's
-    table = pd.read_csv(tmp_path / "segmentation_table.csv")
-    methods = {f"linear head, {s}" for s in ("pretrained", "random init")}
-    methods |= {"baseline: centre ellipse", "baseline: Otsu"}
-    for data in ("ISIC 2017 val", "PH2 (external)"):
-        rows = table[table["data"] == data]
-        assert set(rows["method"]) == methods
-        assert rows["images"].eq(12).all()
-        assert rows["Dice"].between(0, 1).all() and rows["IoU"].le(rows["Dice"] + 1e-9).all()
-    text = (tmp_path / "segmentation_table.md").read_text()
-    assert "Dice pretrained - random" in text
-    assert not list(tmp_path.rglob("overlay_*.png"))  # --no-plots
+def test_segmentation_table_suite_runs_on_isic_and_ph2(tmp_path):
+    shared_path("isic2017_seg_256"), shared_path("ph2")
+    run = tmp_path / "run"
+    code = main(
+        [
+            "bench",
+            "suite=segmentation_table",
+            "encoders=['random:vit_tiny/8@32,depth=1']",
+            "probes=[linear]",  # one head: the heads are tested in test_segment
+            "limit=8",
+            "max_epochs=1",
+            "n_boot=100",
+            "progress=false",
+            f"hydra.run.dir={run}",
+        ]
+    )
+    assert code == 0
+    board = pd.read_csv(run / "leaderboard.csv")
+    methods = {"random:vit_tiny/8@32,depth=1", "baseline:centre_ellipse", "baseline:otsu"}
+    for task in ("isic2017_seg", "ph2"):
+        rows = board[board["column"] == task]
+        assert set(rows["encoder"]) == methods
+        assert rows["value"].between(0, 1).all()
+    ph2_cell = json.loads(next((run / "cells" / "ph2" / "linear").rglob("metrics.json")).read_text())
+    assert ph2_cell["checkpoint"].endswith("segmenter") and ph2_cell["eval"]["test"]["raw"]["n_images"] == 8
+    per_image = pd.read_csv(next((run / "cells" / "isic2017_seg" / "baselines").rglob("per_image.csv")))
+    assert len(per_image) == 8 and (per_image["iou"] <= per_image["dice"] + 1e-9).all()
+    pairs = pd.read_csv(run / "pairwise.csv")
+    assert len(pairs) == 6 and (pairs["low"] <= pairs["difference"]).all()
