@@ -312,3 +312,20 @@ def test_panderm_probe_on_a_multilabel_manifest(tmp_path, bright_manifest, probe
 def test_single_label_probes_refuse_multilabel_data(tmp_path, bright_manifest):
     with pytest.raises(ProbeError, match="'fewshot' is not for multi-label data yet"):
         run_probe(probe_config(tmp_path, bright_manifest, "probe=fewshot"), tmp_path / "run")
+
+
+def test_feature_cache_keeps_multilabel_targets_with_nan(tmp_path, bright_manifest):
+    from probes.encoders import load_probe_encoder
+    from probes.features import cached_features
+
+    manifest = read_manifest(bright_manifest, classes=["bright", "noise"])
+    encoder = load_probe_encoder("random:vit_tiny/8@32,depth=2", seed=0)
+    first = cached_features(encoder, manifest, "train", cache_dir=tmp_path, progress=False)["train"]
+    again = cached_features(encoder, manifest, "train", cache_dir=tmp_path, progress=False)["train"]  # a hit
+    expected = manifest.subset("train").targets()
+    assert first.is_multilabel and np.isnan(expected).any()
+    for fs in (first, again):
+        np.testing.assert_array_equal(fs.labels, expected)
+        assert fs.tensors()[1].dtype.is_floating_point
+    np.testing.assert_array_equal(first.features, again.features)
+    assert len(list(tmp_path.glob("train-*.npz"))) == 1
