@@ -24,7 +24,7 @@ from probes.bench.leaderboard import (
 from probes.predictions import write_predictions
 
 ENCODERS = ("enc_a", "enc_b", "enc_c")
-N_BOOT = 200
+N_BOOT = 100
 
 
 def _cell(root, task, kind, encoder, seed, metric, *, status="done", higher=True, eval_split=""):
