@@ -345,6 +345,16 @@ def _fmt(value: float, low: float = math.nan, high: float = math.nan) -> str:
     )
 
 
+def _shown(part: pd.DataFrame, encoder: str, rank: float) -> str:
+    """One leaderboard entry: value [interval] #rank, "failed", or "n/a" (no cell of this encoder)."""
+    if encoder not in part.index:
+        return "n/a"
+    row = part.loc[encoder]
+    if np.isfinite(row["value"]):
+        return _fmt(row["value"], row["ci_low"], row["ci_high"]) + f" #{rank:g}"
+    return "failed" if row["error"] else "n/a"
+
+
 def write_leaderboard(
     cells: pd.DataFrame,
     out_dir: str | os.PathLike[str],
@@ -386,15 +396,7 @@ def write_leaderboard(
     for column in values.columns:
         part = table[table["column"] == column].set_index("encoder")
         metric = part["metric"].iloc[0]
-        shown[f"{column} ({metric})"] = [
-            _fmt(part.loc[e, "value"], part.loc[e, "ci_low"], part.loc[e, "ci_high"])
-            + f" #{ranks.loc[e, column]:g}"
-            if np.isfinite(part.loc[e, "value"])
-            else "failed"
-            if part.loc[e, "error"]
-            else "n/a"
-            for e in mean_rank.index
-        ]
+        shown[f"{column} ({metric})"] = [_shown(part, e, ranks.loc[e, column]) for e in mean_rank.index]
     report.heading("Encoders by mean rank")
     report.text(
         "Each cell: the primary metric (mean over seeds) [its 95% bootstrap interval on the test images, "
