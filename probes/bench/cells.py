@@ -45,7 +45,7 @@ __all__ = ["CELL_FILE", "Cell", "build_grid", "cell_config", "cell_digest", "enc
 CELL_FILE = "cell.json"
 BASELINE_PREFIX = "baseline:"
 # settings that do not change a cell's result: a cell done under other values is not run again
-NOT_IN_DIGEST = ("num_workers", "cache_dir", "device")
+NOT_IN_DIGEST = ("num_workers", "cache_dir", "device", "devices")
 
 
 def encoder_slug(spec: str) -> str:
@@ -93,6 +93,7 @@ class Cell:
             "metric": self.task.metric,
             "higher_is_better": self.task.higher_is_better,
             "eval_split": self.task.eval_split,
+            "curve_point": self.task.curve_point,
         }
 
 
@@ -144,6 +145,7 @@ def cell_config(cell: Cell, bench: DictConfig, data: dict[str, Any], cells: dict
     else:
         cfg = OmegaConf.structured(ProbeConfig)
         cfg.seed, cfg.encoder, cfg.device, cfg.cache_dir = cell.seed, cell.encoder, bench.device, cache_dir
+        cfg.devices = bench.devices
         cfg.bootstrap, cfg.subgroups = bench.bootstrap, list(task.subgroups)
         cfg.probe = OmegaConf.merge(cfg.probe, probe_preset(cell.probe, options))
     cfg.batch_size, cfg.num_workers, cfg.plots = bench.batch_size, bench.num_workers, bench.cell_plots

@@ -1,12 +1,14 @@
 """The leaderboard of a bench run, computed from its cells' `metrics.json` and predictions (never by running
 them again): per task column the primary metric (mean over seeds) with its interval, encoder ranks per column
 and by mean rank, pairwise tests between encoders on the same test images (paired bootstrap of the metric
-difference; DeLong for binary AUROC) with Holm's correction across a column's pairs, subgroup gaps, a heatmap
-and a rank plot, written as `leaderboard.csv`, `pairwise.csv`, `leaderboard.md` and `leaderboard.html`.
+difference; DeLong for binary AUROC; multi-label cells: paired bootstrap of macro AUROC over images) with
+Holm's correction across a column's pairs, subgroup gaps, a heatmap and a rank plot, written as
+`leaderboard.csv`, `pairwise.csv`, `leaderboard.md` and `leaderboard.html`.
 
 A cell record (one row of the run's `cells.csv`) has `task`, `column` (the task, or ``task/probe`` when a
 task has several probes), `type`, `probe`, `encoder`, `seed`, `folder`, `status` (done, failed), `error`,
-`metric`, `higher_is_better` and `eval_split` (segmentation).
+`metric`, `higher_is_better`, `eval_split` (segmentation) and `curve_point` (curves; empty: the mean over
+the curve).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from panderm.errors import ProbeError
-from panderm.io import atomic_write_text, write_csv
+from panderm.io import atomic_write_text, read_csv, write_csv
 from panderm.report import Report
 from panderm.stats import (
     bootstrap_indices,
@@ -36,7 +38,7 @@ from panderm.stats import (
 )
 from probes.bench.plots import plot_heatmap, plot_ranks
 from probes.metrics import classification_metrics
-from probes.predictions import prediction_proba, read_predictions
+from probes.predictions import multilabel_probability_columns, prediction_proba, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,11 @@ PAIRWISE = "pairwise.csv"
 SUBGROUPS = "subgroups.csv"
 CLASSIFICATION_TYPES = ("classification", "multilabel")
 CURVE_TYPES = ("fewshot", "label_efficiency")
+CURVE_AXIS = {"fewshot": "shot", "label_efficiency": "fraction"}  # the x column of a curve in metrics.json
 # other spellings a multi-label probe may use for its macro AUROC
 METRIC_ALIASES = {"auroc_macro": ("auroc_macro", "macro_auroc", "auroc_macro_ovr")}
+MULTILABEL_METRICS = ("auroc_macro", "macro_auroc")  # what the pairwise tests compute for multi-label cells
+MULTILABEL_NOTE = "multi-label: macro AUROC, whole images resampled; DeLong not applicable"
 
 
 # ------------------------------------------------------------------------------------------- cell values
@@ -72,10 +77,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ProbeError(f"{path}: cannot read the cell's metrics ({error})") from error
 
 
+def curve_point_of(record: dict[str, Any]) -> float | None:
+    """The record's `curve_point` as a float, None when unset (empty in cells.csv, or an older run's)."""
+    point = record.get("curve_point")
+    if point is None or point == "" or (isinstance(point, float) and math.isnan(point)):
+        return None
+    return float(point)
+
+
 def cell_value(metrics: dict[str, Any], record: dict[str, Any]) -> tuple[float, float, float]:
     """The primary metric of one cell and its interval (NaN where the cell has none), from its
-    metrics.json: classification ``test.values``/``test.ci95``, segmentation ``eval.<split>.raw``, curves
-    the mean of ``<metric>_mean`` over the curve's points."""
+    metrics.json: classification ``test.values``/``test.ci95`` (multi-label: ``auroc_macro`` and its CI),
+    segmentation ``eval.<split>.raw``, curves ``<metric>_mean`` at the record's `curve_point` (shots per
+    class for fewshot, the training fraction for label_efficiency), else its mean over the curve's points.
+    Raises `ProbeError` naming the task and the curve's points when the cell has no such point."""
     metric, kind = str(record["metric"]), str(record["type"])
     nan = (math.nan, math.nan, math.nan)
     if kind == "segmentation":
@@ -83,8 +98,19 @@ def cell_value(metrics: dict[str, Any], record: dict[str, Any]) -> tuple[float, 
         return (float(raw.get(metric, math.nan)), math.nan, math.nan)
     if kind in CURVE_TYPES:
         curve = pd.DataFrame(metrics.get("curve", []))
-        column = f"{metric}_mean"
-        return (float(curve[column].mean()), math.nan, math.nan) if column in curve else nan
+        column, axis, point = f"{metric}_mean", CURVE_AXIS[kind], curve_point_of(record)
+        if column not in curve:
+            return nan
+        if point is None:
+            return (float(curve[column].mean()), math.nan, math.nan)
+        at = np.isclose(curve[axis].to_numpy(dtype=float), point) if axis in curve else np.zeros(0, bool)
+        if not at.any():
+            points = sorted(curve[axis].tolist()) if axis in curve else []
+            raise ProbeError(
+                f"task {record['task']!r}: curve_point={point:g} is not a {axis} of the cell "
+                f"{record['folder']} (its {axis}s: {points})"
+            )
+        return (float(curve.loc[at, column].iloc[0]), math.nan, math.nan)
     test = metrics.get("test", {})
     values, intervals = test.get("values", {}), test.get("ci95", {}).get("intervals", {})
     for name in METRIC_ALIASES.get(metric, (metric,)):
@@ -101,6 +127,14 @@ def _subgroup_gaps(metrics: dict[str, Any], metric: str) -> list[dict[str, Any]]
         if gap:
             out.append({"subgroup": column, "best": gap["best"], "worst": gap["worst"], "gap": gap["gap"]})
     return out
+
+
+def _summary(record: Any) -> str:
+    """How a column's value comes from its cells: "" or, for a curve, "shot=4" / "mean over the curve"."""
+    if str(record["type"]) not in CURVE_TYPES:
+        return ""
+    point = curve_point_of(dict(record))
+    return "mean over the curve" if point is None else f"{CURVE_AXIS[str(record['type'])]}={point:g}"
 
 
 def rank_table(values: pd.DataFrame, higher_is_better: dict[str, bool]) -> pd.DataFrame:
@@ -128,7 +162,11 @@ def leaderboard_tables(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
                 errors.append(f"seed {record['seed']}: {record.get('error') or record['status']}")
                 continue
             metrics = _read_json(Path(record["folder"]) / "metrics.json")
-            value = cell_value(metrics, record)
+            try:
+                value = cell_value(metrics, record)
+            except ProbeError as error:  # a curve point the cell lacks: shown with the entry, not fatal
+                errors.append(f"seed {record['seed']}: {error}")
+                continue
             if not np.isfinite(value[0]):
                 errors.append(f"seed {record['seed']}: metric {record['metric']!r} not in metrics.json")
                 continue
@@ -143,6 +181,7 @@ def leaderboard_tables(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
                 "type": first["type"],
                 "probe": first["probe"],
                 "metric": first["metric"],
+                "summary": _summary(first),
                 "encoder": encoder,
                 "value": float(values[:, 0].mean()) if len(values) else math.nan,
                 "std": float(values[:, 0].std(ddof=1)) if len(values) > 1 else math.nan,
@@ -171,7 +210,8 @@ def leaderboard_tables(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
 
 class CellPredictions:
     """One cell's per-image test outputs, sorted by image id: classification `y` (N,) and `proba` (N, C);
-    segmentation per-image `score` (N,) of the metric (e.g. Dice)."""
+    multi-label `y` (N, L) of 1/0/NaN (unknown) and `proba` (N, L); segmentation per-image `score` (N,) of
+    the metric (e.g. Dice)."""
 
     def __init__(
         self, ids: np.ndarray, y: np.ndarray | None, proba: np.ndarray | None, score: np.ndarray | None
@@ -181,7 +221,8 @@ class CellPredictions:
 
 def read_cell_predictions(record: dict[str, Any]) -> CellPredictions | None:
     """The per-image outputs of a finished cell (None for curve tasks, which keep none, and for predictions
-    that are not single-label class probabilities, e.g. a multi-label probe's)."""
+    of another shape). A multi-label probe's predictions.csv (`label_set`, `uncertain_set`,
+    `probability_<label>`) is read with the label names of the cell's metrics.json `classes`."""
     folder, kind = Path(record["folder"]), str(record["type"])
     if kind == "segmentation":
         frame = pd.read_csv(folder / "per_image.csv", dtype={"id": str})
@@ -192,6 +233,8 @@ def read_cell_predictions(record: dict[str, Any]) -> CellPredictions | None:
     if kind not in CLASSIFICATION_TYPES or not path.is_file():
         return None
     frame = read_predictions(path)
+    if "label_set" in frame:
+        return _multilabel_predictions(path, folder)
     if "true_label" not in frame or not any(str(c).startswith("probability_class_") for c in frame):
         return None
     try:
@@ -201,27 +244,78 @@ def read_cell_predictions(record: dict[str, Any]) -> CellPredictions | None:
     return CellPredictions(frame["filename"].to_numpy(), y, prediction_proba(frame), None)
 
 
-def _auroc(y: np.ndarray, score: np.ndarray, indices: np.ndarray) -> np.ndarray:
+def _multilabel_predictions(path: Path, folder: Path) -> CellPredictions | None:
+    """Targets (N, L) of 1/0/NaN and probabilities (N, L) from a multi-label predictions.csv (test rows,
+    sorted by filename as `read_predictions` sorts them)."""
+    frame = read_csv(path, text=("filename", "split", "label_set", "uncertain_set"))
+    if "split" in frame:
+        frame = frame[frame["split"] == "test"]
+    frame = frame.sort_values("filename", kind="stable").reset_index(drop=True)
+    classes = [str(c) for c in _read_json(folder / "metrics.json").get("classes") or []]
+    columns = multilabel_probability_columns(classes)
+    if not classes or any(c not in frame for c in columns):
+        return None
+    index = {name: k for k, name in enumerate(classes)}
+    y = np.zeros((len(frame), len(classes)))
+    for value, cells in ((1.0, frame["label_set"]), (math.nan, frame.get("uncertain_set"))):
+        for row, cell in enumerate([] if cells is None else cells):
+            for name in filter(None, cell.split("|")):
+                if name not in index:
+                    return None
+                y[row, index[name]] = value
+    ids = frame["filename"].to_numpy()
+    return CellPredictions(ids, y, frame[columns].to_numpy(dtype=np.float64), None)
+
+
+def _auroc(
+    y: np.ndarray, score: np.ndarray, indices: np.ndarray, known: np.ndarray | None = None
+) -> np.ndarray:
     """AUROC of `score` for positives `y` on each resample (rows of `indices`), NaN when a resample lacks a
-    class. Hand-written Mann-Whitney over mid-ranks, vectorised over resamples: scikit-learn's roc_auc_score
-    is one call per resample."""
-    x, pos = score[indices], y[indices].astype(bool)
+    class; rows where `known` is False (a multi-label target that is unknown) are left out. Hand-written
+    Mann-Whitney over mid-ranks, vectorised over resamples: scikit-learn's roc_auc_score is one call per
+    resample."""
+    x, pos = score[indices].astype(float), y[indices].astype(bool)
+    kept = np.ones_like(pos) if known is None else known[indices]
+    pos &= kept
+    x[~kept] = -np.inf  # below every known score: each known rank shifts by the resample's unknown count
     ranks = rankdata(x, axis=1)
     n1 = pos.sum(axis=1).astype(float)
-    n0 = indices.shape[1] - n1
+    unknown = (~kept).sum(axis=1)
+    n0 = indices.shape[1] - unknown - n1
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n0 * n1)
+        auc = ((ranks * pos).sum(axis=1) - n1 * unknown - n1 * (n1 + 1) / 2) / (n0 * n1)
     auc[(n0 == 0) | (n1 == 0)] = np.nan
     return auc
 
 
+def _auroc_macro(pred: CellPredictions, indices: np.ndarray) -> np.ndarray:
+    """Multi-label macro AUROC per resample: the mean over the labels whose AUROC is defined on all the
+    cell's images (as `probes.metrics.multilabel_metrics` scores them), NaN on a resample where one of those
+    labels lacks a class (as `multilabel_bootstrap_ci` drops it)."""
+    y, known = pred.y, ~np.isnan(pred.y)
+    positive = np.where(known, y, 0).astype(bool)
+    defined = [
+        k
+        for k in range(y.shape[1])
+        if (positive[:, k] & known[:, k]).any() and (~positive[:, k] & known[:, k]).any()
+    ]
+    if not defined:
+        return np.full(len(indices), np.nan)
+    return np.mean([_auroc(positive[:, k], pred.proba[:, k], indices, known[:, k]) for k in defined], axis=0)
+
+
 def resampled_metric(metric: str, pred: CellPredictions, indices: np.ndarray) -> np.ndarray:
     """The metric of one cell on each resample (rows of `indices` into its images): vectorised for
-    `auroc`, `auroc_macro_ovr`, `balanced_accuracy`, `accuracy` and per-image means (segmentation); any
-    other `classification_metrics` name is computed resample by resample."""
+    `auroc`, `auroc_macro_ovr`, `balanced_accuracy`, `accuracy`, per-image means (segmentation) and the
+    macro AUROC of multi-label cells (`auroc_macro`; other metrics raise `ValueError` for those); any other
+    `classification_metrics` name is computed resample by resample."""
     if pred.score is not None:
         return pred.score[indices].mean(axis=1)
     y, proba = pred.y, pred.proba
+    if y.ndim == 2:
+        if metric not in MULTILABEL_METRICS:
+            raise ValueError(f"metric {metric!r}: multi-label cells are compared on {MULTILABEL_METRICS[0]}")
+        return _auroc_macro(pred, indices)
     if metric == "auroc" and proba.shape[1] == 2:
         return _auroc(y == 1, proba[:, 1], indices)
     if metric == "auroc_macro_ovr":
@@ -249,15 +343,19 @@ def resampled_metric(metric: str, pred: CellPredictions, indices: np.ndarray) ->
 
 def _aligned(a: CellPredictions, b: CellPredictions) -> bool:
     same = len(a.ids) == len(b.ids) and bool((a.ids == b.ids).all())
-    return same and (a.y is None or bool((a.y == b.y).all()))
+    if a.y is None or b.y is None:
+        return same and a.y is b.y
+    return same and a.y.shape == b.y.shape and bool(np.array_equal(a.y, b.y, equal_nan=True))
 
 
 def pairwise_tests(
     cells: pd.DataFrame, values: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
     """Every pair of encoders of each column, compared on the same test images of their first common seed:
-    paired bootstrap of the primary metric difference (resampled within classes for classification, seeded),
-    DeLong's test for binary AUROC, each with Holm-adjusted p-values across the column's pairs. Pairs whose
+    paired bootstrap of the primary metric difference (resampled within classes for single-label
+    classification; multi-label cells: macro AUROC with images resampled as a whole, the same draws for both
+    encoders; seeded), DeLong's test for binary AUROC only (it compares two AUROCs of one binary outcome, so
+    not a multi-label macro mean), each with Holm-adjusted p-values across the column's pairs. Pairs whose
     predictions are missing, unreadable or on different images get a note instead."""
     rows: list[dict[str, Any]] = []
     done = cells[cells["status"] == "done"]
@@ -308,11 +406,16 @@ def _column_pairs(
         if not _aligned(pa, pb):
             rows.append({**row, "note": "the two cells scored different test images"})
             continue
-        if s not in draws:
-            draws[s] = bootstrap_indices(pa.y if pa.y is not None else np.zeros(len(pa.ids)), n_boot, seed)
-        for encoder, pred in ((a, pa), (b, pb)):
-            if (encoder, s) not in resampled:
-                resampled[(encoder, s)] = resampled_metric(metric, pred, draws[s])
+        if s not in draws:  # within classes for one label per image; multi-label: whole images
+            single = pa.y is not None and pa.y.ndim == 1
+            draws[s] = bootstrap_indices(pa.y if single else np.zeros(len(pa.ids)), n_boot, seed)
+        try:
+            for encoder, pred in ((a, pa), (b, pb)):
+                if (encoder, s) not in resampled:
+                    resampled[(encoder, s)] = resampled_metric(metric, pred, draws[s])
+        except ValueError as error:
+            rows.append({**row, "note": str(error)})
+            continue
         everything = np.arange(len(pa.ids))[None, :]
         point_a = float(resampled_metric(metric, pa, everything)[0])
         point_b = float(resampled_metric(metric, pb, everything)[0])
@@ -327,7 +430,10 @@ def _column_pairs(
             p_bootstrap=result.p_value,
             better=(a if (result.difference > 0) == higher else b) if result.difference != 0 else "",
         )
-        if pa.proba is not None and pa.proba.shape[1] == 2 and len(np.unique(pa.y)) == 2:
+        if pa.y is not None and pa.y.ndim == 2:
+            row["note"] = MULTILABEL_NOTE
+        binary = pa.y is not None and pa.y.ndim == 1 and len(np.unique(pa.y)) == 2
+        if binary and pa.proba.shape[1] == 2:
             test = delong_test(pa.y, pa.proba[:, 1], pb.proba[:, 1], level=level)
             row.update(auroc_difference=test.difference, p_delong=test.p_value)
         rows.append(row)
@@ -395,7 +501,7 @@ def write_leaderboard(
     shown = pd.DataFrame({"encoder": mean_rank.index, "mean rank": mean_rank.to_numpy()})
     for column in values.columns:
         part = table[table["column"] == column].set_index("encoder")
-        metric = part["metric"].iloc[0]
+        metric = part["metric"].iloc[0] + (f", {part['summary'].iloc[0]}" if part["summary"].iloc[0] else "")
         shown[f"{column} ({metric})"] = [_shown(part, e, ranks.loc[e, column]) for e in mean_rank.index]
     report.heading("Encoders by mean rank")
     report.text(
@@ -419,6 +525,12 @@ def write_leaderboard(
             "test of the AUROC difference for binary tasks; p-values Holm-adjusted across the pairs of each "
             "task."
         )
+        if "note" in pairs and pairs["note"].fillna("").str.startswith(MULTILABEL_NOTE).any():
+            report.text(
+                "Multi-label tasks: paired bootstrap of macro AUROC, resampling whole test images (the same "
+                "resamples for both encoders, no strata); DeLong's test is for one binary outcome and is not "
+                "computed for them."
+            )
         keep = [
             c
             for c in (

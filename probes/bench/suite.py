@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_METRIC",
     "TASK_TYPES",
     "Task",
+    "curve_points",
     "limit_rows",
     "prepare_data",
     "probe_preset",
@@ -150,6 +151,8 @@ def resolve_tasks(cfg: DictConfig) -> tuple[list[Task], list[str]]:
                 options=OmegaConf.to_container(raw.options, resolve=True),
             )
         )
+    for task in tasks:
+        _check_curve_point(task)
     present = {t.name for t in tasks}
     for task in tasks:
         if task.train_from is not None:
@@ -166,6 +169,33 @@ def resolve_tasks(cfg: DictConfig) -> tuple[list[Task], list[str]]:
     tasks = [t for t in tasks if t.train_from is None or t.train_from in present]
     tasks.sort(key=lambda t: t.train_from is not None)  # segmenters are trained before they are evaluated
     return tasks, notes
+
+
+CURVE_AXIS = {"fewshot": "shots", "label_efficiency": "fractions"}
+
+
+def curve_points(task: Task) -> list[float]:
+    """The x values of a curve task's cells: the shot counts (fewshot) or training fractions
+    (label_efficiency) of its probe options, else of the probe preset."""
+    options = probe_preset(task.type, task.probe_options.get(task.type))["options"]
+    return [float(x) for x in options.get(CURVE_AXIS[task.type]) or []]
+
+
+def _check_curve_point(task: Task) -> None:
+    """Raises `ConfigError` when `curve_point` is set on a task that has no curve, or is not one of the
+    curve's points (so no cell runs for a leaderboard that could not be computed)."""
+    if task.curve_point is None:
+        return
+    if task.type not in CURVE_TYPES:
+        raise ConfigError(
+            f"task {task.name!r}: curve_point={task.curve_point} is for {CURVE_TYPES} tasks, not {task.type}"
+        )
+    points = curve_points(task)
+    if not np.isclose(points, float(task.curve_point)).any():
+        raise ConfigError(
+            f"task {task.name!r}: curve_point={task.curve_point} is not one of its {CURVE_AXIS[task.type]} "
+            f"{points} (probe_options.{task.type}.{CURVE_AXIS[task.type]}); choose one of those"
+        )
 
 
 def probe_preset(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
