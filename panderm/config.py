@@ -310,6 +310,9 @@ class ProbeConfig:
     batch_size: int = 64
     num_workers: int = 2
     device: str = "auto"
+    # feature extraction processes: N GPUs (cuda:0..N-1) or N CPU processes, each encoding a share of the
+    # images; the features and their cache are those of one process (probes/features.py)
+    devices: int = 1
     cache_dir: str = "outputs/feature_cache"
     subgroups: list[str] = field(default_factory=list)
     bootstrap: int = 1000
@@ -546,9 +549,10 @@ class BenchConfig:
     `seeds`, `probes` override every task's; `paths.<dataset>` points a task at its local copy (a task whose
     path is unset is skipped with a note); `data_root` is the folder of the shipped local data.
     `cache_dir` (default `<run>/feature_cache`) holds features and the prepared task data, shared by every
-    cell (and by other runs pointed at it). `device`, `batch_size`, `num_workers`, `bootstrap` go to each
-    cell; `cell_plots` draws each cell's figures; `max_epochs` overrides segmentation training; `n_boot` and
-    `seed` drive the leaderboard's paired bootstrap."""
+    cell (and by other runs pointed at it). `device`, `devices` (feature extraction processes: GPUs or CPU
+    processes), `batch_size`, `num_workers`, `bootstrap` go to each cell; `cell_plots` draws each cell's
+    figures; `max_epochs` overrides segmentation training; `n_boot` and `seed` drive the leaderboard's paired
+    bootstrap."""
 
     seed: int = 0
     suite: BenchSuiteConfig = field(default_factory=BenchSuiteConfig)
@@ -562,6 +566,7 @@ class BenchConfig:
     paths: dict[str, str | None] = field(default_factory=dict)
     cache_dir: str | None = None
     device: str = "auto"
+    devices: int = 1
     batch_size: int = 64
     num_workers: int = 0
     bootstrap: int = 1000

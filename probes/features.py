@@ -24,6 +24,12 @@ mechanism pretraining uses; the `FeatureSet` then holds the readable rows and na
 `skipped`. The cache records the skipped images too: a cache hit lists them again, and under
 "error" a cache holding skipped images is recomputed, so the error names the file as without a cache.
 
+Several devices: ``devices=N`` (N > 1) shards the split's batches over N worker processes, one per GPU
+(``cuda:0`` .. ``cuda:N-1``) or N CPU processes, started with `torch.multiprocessing`'s spawn
+(`_encode_data_parallel`); the calling process gathers their rows, puts them in manifest order and writes the
+cache once. The batches are the ones a single process would run (contiguous runs of them per worker), so
+every image's row is computed in the same batch as without sharding; `devices` is not part of the cache key.
+
 Image size: panderm `Encoder`s have a fixed input size (timm's patch embedding checks it), so a transform
 whose output is not the encoder's `image_size` square raises `ProbeError` naming both sizes before any
 batch runs; encoders that declare `dynamic_image_size` (e.g. timm CNNs) accept any size.
@@ -36,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
 from panderm.data.dataset import (
@@ -61,7 +68,7 @@ from panderm.data.dataset import (
 )
 from panderm.data.manifest import Manifest
 from panderm.data.transforms import eval_transform
-from panderm.errors import ImageLoadError, ProbeError
+from panderm.errors import ImageLoadError, PandermError, ProbeError
 from panderm.io import atomic_path
 from panderm.models.checkpoints import canonical_json
 from panderm.models.encoder import POOLINGS
@@ -276,6 +283,7 @@ def extract_features(
     progress: bool = True,
     on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
     bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
+    devices: int = 1,
 ) -> FeatureSet:
     """Features of every image of one manifest split, in manifest order, as a `FeatureSet`.
 
@@ -284,11 +292,15 @@ def extract_features(
     DataLoader (`num_workers`, pinned memory on CUDA): a corrupt image raises `ImageLoadError` naming it,
     or with `on_bad_image="skip"` is left out (the result holds the readable rows) and recorded in
     `bad_image_log` and the result's `skipped`. The model part is `encode_batches` (see there for device,
-    amp and progress). Raises `ProbeError` for an empty split, a split whose every image was skipped, a bad
-    pooling, or a transform whose output size does not fit the encoder.
+    amp and progress). `devices` > 1 shards the batches over that many worker processes, one per GPU when
+    `device` is CUDA (the first `devices` GPUs), else CPU processes (`_encode_data_parallel`); the rows and
+    their values are those of one process. Raises `ProbeError` for an empty split, a split whose every image
+    was skipped, a bad pooling or `devices`, more devices than GPUs, or a transform whose output size does
+    not fit the encoder.
     """
     if pooling not in POOLINGS:
         raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    check_devices(devices)
     device = resolve_device(device)
     rows = _split_rows(manifest, split)
     transform = transform if transform is not None else probe_transform(encoder)
@@ -299,38 +311,22 @@ def extract_features(
     first = _first_readable(dataset)
     if first is not None:
         check_image_batch(first, encoder)
-    kept: list[np.ndarray] = []
-
-    def images() -> Iterable[torch.Tensor]:
-        for batch in loader:
-            if "image" not in batch:  # every image of the batch was skipped
-                continue
-            kept.append(batch["index"].numpy())
-            yield batch["image"]
-
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-    )
-    features = encode_batches(
-        encoder,
-        images(),
-        pooling=pooling,
-        device=device,
-        amp=amp,
-        total=len(dataset),
-        desc=f"features {split}",
-        progress=progress,
-    )
+    # The batches one process runs; N workers each take a contiguous run of them (see the module docstring).
+    batches = list(BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False))
+    workers = min(devices, len(batches))
+    options = {"pooling": pooling, "amp": amp, "num_workers": num_workers, "progress": progress}
+    if workers > 1:
+        features, positions = _encode_data_parallel(
+            encoder, dataset, batches, workers, device, desc=f"features {split}", **options
+        )
+    else:
+        features, positions = _encode_loader(
+            encoder, dataset, batches, device, desc=f"features {split}", total=len(dataset), **options
+        )
     skipped: list[str] = []
     if len(features) < len(rows):  # rows were skipped (recorded in the log by the workers that read them)
-        positions = np.concatenate(kept) if kept else np.zeros(0, np.int64)
         skipped = rows.table["image"].astype(str).drop(index=positions).tolist()
-        if not kept:
+        if not len(positions):
             where = f", listed in {dataset.bad_image_log.path}" if dataset.bad_image_log is not None else ""
             raise ProbeError(
                 f"{manifest.source}: split {split!r}: every image is unreadable ({len(rows)}{where})"
@@ -346,6 +342,166 @@ def extract_features(
         recipe={"encoder": encoder_hash(encoder), "pooling": pooling, "precision": precision(device, amp)},
         skipped=skipped,
     )
+
+
+def check_devices(devices: Any) -> int:
+    """`devices` as an int, or `ProbeError` unless it is a positive integer."""
+    if isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1:
+        raise ProbeError(f"devices={devices!r}: must be a positive integer (the number of feature processes)")
+    return int(devices)
+
+
+def _encode_loader(
+    encoder: nn.Module,
+    dataset: ManifestDataset,
+    batches: Sequence[Sequence[int]],
+    device: torch.device,
+    *,
+    pooling: str,
+    amp: bool,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+    total: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_batches` over the given batches of dataset positions: (features (M, D) float32, positions
+    (M,) int64 of the rows kept, in the order of `batches`); skipped rows are absent from both."""
+    kept: list[np.ndarray] = []
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+
+    def images() -> Iterable[torch.Tensor]:
+        for batch in loader:
+            if "image" not in batch:  # every image of the batch was skipped
+                continue
+            kept.append(batch["index"].numpy())
+            yield batch["image"]
+
+    features = encode_batches(
+        encoder, images(), pooling=pooling, device=device, amp=amp, total=total, desc=desc, progress=progress
+    )
+    return features, (np.concatenate(kept) if kept else np.zeros(0, np.int64))
+
+
+def _encode_shard(
+    rank: int,
+    encoder: nn.Module,
+    dataset: ManifestDataset,
+    batches: Sequence[Sequence[int]],
+    device_type: str,
+    threads: int,
+    out_dir: str,
+    errors: Any,
+    options: dict[str, Any],
+) -> None:
+    """One worker of `_encode_data_parallel`: encode `batches` on its device and write ``rank-<rank>.npz``
+    (features, positions) into `out_dir`; a panderm error is sent to the parent through `errors`."""
+    try:
+        if device_type == "cuda":
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+            torch.set_num_threads(threads)  # the parent's threads split between the CPU workers
+        total = sum(len(b) for b in batches)
+        progress = options.pop("progress") and rank == 0  # one bar (rank 0's share) instead of N interleaved
+        desc = f"{options.pop('desc')} (rank 0 of {options.pop('workers')})"
+        features, positions = _encode_loader(
+            encoder, dataset, batches, device, progress=progress, desc=desc, total=total, **options
+        )
+        with atomic_path(Path(out_dir) / f"rank-{rank}.npz") as tmp, open(tmp, "wb") as handle:
+            _save_arrays(handle, {"features": features, "positions": positions})
+    except PandermError as error:
+        # Re-raised in the parent as the same type (ImageLoadError, ProbeError...); their constructors take
+        # other arguments than their message, so the state travels rather than the pickled exception.
+        errors.put((type(error), str(error), dict(vars(error))))
+
+
+def _raise_worker_error(kind: type[PandermError], message: str, state: dict[str, Any]) -> None:
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    vars(error).update(state)
+    raise error
+
+
+def _encode_data_parallel(
+    encoder: nn.Module,
+    dataset: ManifestDataset,
+    batches: Sequence[Sequence[int]],
+    workers: int,
+    device: torch.device,
+    *,
+    pooling: str,
+    amp: bool,
+    num_workers: int,
+    progress: bool,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_encode_loader` sharded over `workers` processes: worker r runs the r-th contiguous run of `batches`
+    on ``cuda:r`` (CUDA `device`) or on the CPU; the rows come back in the order of `batches`.
+
+    Why not Lightning's predict loop: with a spawning strategy it cannot return predictions
+    (``return_predictions`` must be False), and its distributed sampler deals rows out round-robin, which
+    changes every batch's composition (and so, in the last bits, the features). Why spawn and not a launcher
+    that re-runs the command (Lightning's ``ddp``, torchrun): this runs inside a Hydra app (`panderm probe`,
+    `panderm bench`), whose command a re-run would repeat in every process (run folders, cells, cache writes)
+    -- the pitfall panderm/cli.py works around for pretraining. The workers need no process group: each
+    writes its rows to a temporary file and this process gathers them, checks every row came back once, and
+    its caller writes the cache once. The encoder is moved to the CPU first (it travels to the workers in
+    shared memory) and moved back afterwards.
+    """
+    if device.type == "cuda" and workers > torch.cuda.device_count():
+        raise ProbeError(
+            f"devices={workers}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+            f"set devices to at most that number"
+        )
+    shards = [list(part) for part in np.array_split(np.arange(len(batches)), workers)]
+    first = next(encoder.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    encoder.cpu()
+    context = torch.multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()
+    options = {"pooling": pooling, "amp": amp, "num_workers": num_workers, "progress": progress}
+    threads = max(1, torch.get_num_threads() // workers)
+    try:
+        with tempfile.TemporaryDirectory(prefix="panderm-features-") as out_dir:
+            processes = []
+            for rank, shard in enumerate(shards):
+                args = (encoder, dataset, [batches[i] for i in shard], device.type, threads, out_dir, errors)
+                process = context.Process(
+                    target=_encode_shard,
+                    args=(rank, *args, {**options, "desc": desc, "workers": workers}),
+                    daemon=False,
+                )
+                process.start()
+                processes.append(process)
+            for process in processes:
+                process.join()
+            while not errors.empty():
+                _raise_worker_error(*errors.get())
+            failed = [rank for rank, process in enumerate(processes) if process.exitcode != 0]
+            if failed:
+                codes = [processes[rank].exitcode for rank in failed]
+                raise ProbeError(f"{desc}: feature worker(s) {failed} failed (exit codes {codes}; see above)")
+            parts = []
+            for rank in range(workers):
+                with np.load(Path(out_dir) / f"rank-{rank}.npz", allow_pickle=False) as data:
+                    parts.append((data["features"], data["positions"]))
+    finally:
+        encoder.to(home)
+    positions = np.concatenate([p for _, p in parts])
+    expected = np.concatenate([np.asarray(batches[i]) for shard in shards for i in shard])
+    if len(np.unique(positions)) != len(positions) or not np.isin(positions, expected).all():
+        raise ProbeError(f"{desc}: the feature workers returned rows twice or rows not asked for")
+    nonempty = [f for f, _ in parts if f.size]
+    width = nonempty[0].shape[1] if nonempty else 0
+    features = np.concatenate([f.reshape(len(f), width) for f, _ in parts]).astype(np.float32, copy=False)
+    return features, positions
 
 
 def _first_readable(dataset: ManifestDataset) -> Any:
@@ -502,6 +658,7 @@ def cached_features(
     progress: bool = True,
     on_bad_image: BadImagePolicy | str = BadImagePolicy.error,
     bad_image_log: BadImageLog | str | os.PathLike[str] | None = None,
+    devices: int = 1,
 ) -> dict[str, FeatureSet]:
     """`extract_features` for each split through the on-disk cache in `cache_dir`; {split: FeatureSet}.
 
@@ -511,10 +668,12 @@ def cached_features(
     float32 from float16 storage. A cached split with skipped images is used under ``on_bad_image="skip"``
     once those images are found still unreadable (and listed again in `bad_image_log`), and recomputed
     otherwise. Other arguments as in `extract_features`; `hash_content` hashes image bytes instead of size +
-    mtime. Raises as `extract_features`.
+    mtime. `devices` (worker processes, see `extract_features`) is not part of the key: a cache written by N
+    devices is read by one and vice versa. Raises as `extract_features`.
     """
     if pooling not in POOLINGS:
         raise ProbeError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    check_devices(devices)
     splits = [splits] if isinstance(splits, str) else list(splits)
     device = resolve_device(device)
     transform = transform if transform is not None else probe_transform(encoder)
@@ -552,6 +711,7 @@ def cached_features(
             progress=progress,
             on_bad_image=on_bad_image,
             bad_image_log=bad_image_log,
+            devices=devices,
         )
         features.recipe = {**features.recipe, "cache_key": key}
         stored = write_feature_cache(path, features, key)

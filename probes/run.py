@@ -166,6 +166,7 @@ def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> d
         device=device,
         on_bad_image=cfg.data.on_bad_image,
         bad_image_log=run_dir / SKIPPED_IMAGES,
+        devices=cfg.devices,
     )
 
 
