@@ -9,6 +9,8 @@
 - `attach_images(table, ids, folder, ...)`: the `image` column for metadata rows; rows whose image is absent
   raise `ManifestError` listing each (row, id), or with ``missing="skip"`` are dropped with a logged count.
 - `check_options(options, allowed, dataset)`: unknown reader options are a `ConfigError`.
+- `split_attach_build(table, ...)`: the end of a reader without an official split: a saved grouped split over
+  every metadata row, the images attached, the manifest built.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from panderm.data.manifest import Manifest, build_manifest
+from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
 from panderm.errors import ConfigError, DataError, ManifestError
 from panderm.io import read_csv
 
@@ -202,3 +206,32 @@ def attach_images(
     kept = table.loc[~absent].copy()
     kept.insert(0, "image", [p.relative_to(folder).as_posix() for p in paths[~absent]])
     return kept
+
+
+def split_attach_build(
+    table: pd.DataFrame,
+    *,
+    folder: Path,
+    source: str | os.PathLike[str],
+    out_dir: Path,
+    key: str,
+    strata: str | pd.Series,
+    group: str,
+    classes: Sequence[str],
+    seed: int = 0,
+    missing: str = "error",
+    rows: pd.Series | None = None,
+) -> Manifest:
+    """The manifest of a dataset without an official split: `saved_splits` over every metadata row (images
+    present or not, so images downloaded later keep the saved split; `strata` a column name or a Series
+    aligned with `table`, `group` the grouping column, `key` the image id column), then `attach_images` by
+    `key` (`missing`, `rows` as there) and `build_manifest` with `classes`."""
+    stratum = strata if isinstance(strata, str) else "_stratum"
+    split_table = table if isinstance(strata, str) else table.assign(_stratum=strata)
+    table = table.assign(
+        split=saved_splits(
+            split_table, out_dir / SPLITS_FILE, labels=stratum, group=group, key=key, seed=seed
+        ).to_numpy()
+    )
+    table = attach_images(table, table[key], folder, source=source, missing=missing, rows=rows, id_field=key)
+    return build_manifest(table, folder, classes=classes, source=str(source))

@@ -15,16 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from panderm.data.manifest import Manifest, build_manifest
+from panderm.data.manifest import Manifest
 from panderm.data.readers.public.common import (
-    attach_images,
     check_options,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    split_attach_build,
 )
-from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
 from panderm.errors import ConfigError, ManifestError
 
 logger = logging.getLogger(__name__)
@@ -106,18 +105,16 @@ def read_ddi(path: str | os.PathLike[str], *, out_dir: Path, seed: int = 0, **op
         classes = DISEASES + tuple(extra)
     table["modality"] = "clinical"
     # no patient id: each image is its own group; strata = malignancy x skin tone, whatever the label option
-    table["stratum"] = table["malignant"].astype(str) + "/" + tone
-    table["split"] = saved_splits(
-        table, out_dir / SPLITS_FILE, labels="stratum", group="DDI_file", key="DDI_file", seed=seed
-    ).to_numpy()
-    table = table.drop(columns="stratum")
-    table = attach_images(
+    return split_attach_build(
         table,
-        table["DDI_file"],
-        folder,
+        folder=folder,
         source=source,
+        out_dir=out_dir,
+        key="DDI_file",
+        strata=table["malignant"].astype(str) + "/" + tone,
+        group="DDI_file",
+        classes=classes,
+        seed=seed,
         missing=options.get("missing", "error"),
         rows=rows,
-        id_field="DDI_file",
     )
-    return build_manifest(table, folder, classes=classes, source=str(source))

@@ -15,16 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from panderm.data.manifest import Manifest, build_manifest
+from panderm.data.manifest import Manifest
 from panderm.data.readers.public.common import (
-    attach_images,
     check_options,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    split_attach_build,
 )
-from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
 from panderm.errors import ConfigError, ManifestError
 
 # the 114 conditions of the `label` column, spelt exactly as in fitzpatrick17k.csv
@@ -109,16 +108,16 @@ def read_fitzpatrick17k(
     column, classes = LABELS[label]
     table["label"] = table[column]
     table["modality"] = "clinical"
-    table["split"] = saved_splits(
-        table, out_dir / SPLITS_FILE, labels="condition", group="md5hash", key="md5hash", seed=seed
-    ).to_numpy()
-    table = attach_images(
+    return split_attach_build(
         table,
-        table["md5hash"],
-        folder,
+        folder=folder,
         source=source,
+        out_dir=out_dir,
+        key="md5hash",
+        strata="condition",
+        group="md5hash",
+        classes=classes,
+        seed=seed,
         missing=options.get("missing", "error"),
         rows=rows,
-        id_field="md5hash",
     )
-    return build_manifest(table, folder, classes=classes, source=str(source))

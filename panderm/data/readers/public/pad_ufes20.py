@@ -17,16 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from panderm.data.manifest import Manifest, build_manifest
+from panderm.data.manifest import Manifest
 from panderm.data.readers.public.common import (
-    attach_images,
     check_options,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    split_attach_build,
 )
-from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
 from panderm.errors import ManifestError
 
 CLASSES = ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")
@@ -70,17 +69,16 @@ def read_pad_ufes20(
     table["fitzpatrick"] = fitz.where(~bad_fitz).astype("Int64")
     table["label"] = table["diagnostic"]
     table["modality"] = "clinical"
-    # split over every metadata row, images present or not, so downloading more later keeps it valid
-    table["split"] = saved_splits(
-        table, out_dir / SPLITS_FILE, labels="diagnostic", group="patient_id", key="img_id", seed=seed
-    ).to_numpy()
-    table = attach_images(
+    return split_attach_build(
         table,
-        table["img_id"],
-        folder,
+        folder=folder,
         source=source,
+        out_dir=out_dir,
+        key="img_id",
+        strata="diagnostic",
+        group="patient_id",
+        classes=CLASSES,
+        seed=seed,
         missing=options.get("missing", "error"),
         rows=rows,
-        id_field="img_id",
     )
-    return build_manifest(table, folder, classes=CLASSES, source=str(source))
