@@ -27,8 +27,9 @@ import pandas as pd
 
 from panderm.data.manifest import Manifest, build_manifest, format_boxes
 from panderm.data.radiology import Window, format_window
+from panderm.data.readers.public.common import check_options
 from panderm.data.readers.public.splits import SPLITS_FILE, saved_splits
-from panderm.errors import ConfigError, DataError, ManifestError
+from panderm.errors import DataError, ManifestError
 from panderm.io import read_csv
 
 logger = logging.getLogger(__name__)
@@ -175,11 +176,7 @@ def read_rsna_pneumonia(
     (for pretraining; a probe refuses unlabeled rows). Raises `DataError`/`ManifestError` naming the file,
     row and field: a bad labels row, labelled patients without a DICOM (listed), a bad class-info file.
     """
-    if unknown:
-        raise ConfigError(
-            f"data.options: unknown option(s) {sorted(unknown)} for rsna_pneumonia; known: "
-            "['check_files', 'include_test_images', 'window']"
-        )
+    check_options(unknown, ("check_files", "include_test_images", "window"), "rsna_pneumonia")
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: RSNA Pneumonia folder not found")
