@@ -117,12 +117,14 @@ def test_random_tiny_encoder_beats_chance(tmp_path, name):
 def test_raw_pixel_features_match_sklearn_logistic_regression(tmp_path, name):
     """The pixel baseline through `features=`: the probe refits the chosen C on train + val (standardised
     with their statistics), which scikit-learn reproduces at the same C to
-    within half a point of test accuracy. Seed 0, on two thirds of `SETS`' subsets:
-    balanced accuracy 0.352 (DermaMNIST, C=0.1), 0.752 (PneumoniaMNIST, C=0.001), 0.719 (BreastMNIST, C=0.01).
+    within half a point of test accuracy. Seed 0, on a third (DermaMNIST) or two thirds of `SETS`' subsets:
+    balanced accuracy 0.293 (DermaMNIST, C=0.1), 0.752 (PneumoniaMNIST, C=0.001), 0.719 (BreastMNIST, C=0.01).
     """
     _, n_classes, sizes, margin = SETS[name]
-    # sklearn's L-BFGS on 2352-d pixels dominates the time: two thirds of the images suffice here
-    np.savez(tmp_path / f"{name}.npz", **subset(name, tuple(2 * n // 3 for n in sizes)))
+    # sklearn's L-BFGS on 2352-d pixels dominates the time (7-class DermaMNIST most): a part of the images
+    # suffices here
+    thirds = 1 if name == "dermamnist" else 2
+    np.savez(tmp_path / f"{name}.npz", **subset(name, tuple(thirds * n // 3 for n in sizes)))
     path = write_pixel_features(tmp_path / f"{name}.npz", tmp_path / f"{name}_pixels.npz")
     with np.load(path) as stored:
         features = {key: stored[key] for key in stored.files}
