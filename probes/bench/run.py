@@ -30,6 +30,7 @@ from probes.bench.cells import (
 )
 from probes.bench.leaderboard import write_leaderboard
 from probes.bench.suite import Task, prepare_data, resolve_tasks
+from probes.features import check_devices
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
     leaderboard is written when any cell failed (so the exit code says it)."""
     if not cfg.encoders:
         raise ConfigError("encoders=[...] is empty: give at least one `panderm probe encoder=` spec")
+    check_devices(cfg.devices)  # up front, not once per cell
     run_dir = start_run(cfg, run_dir)
     if cfg.cache_dir is None:
         cfg.cache_dir = str(run_dir / "feature_cache")

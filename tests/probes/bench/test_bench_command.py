@@ -108,3 +108,11 @@ def test_suites_resolve_paths_and_skip_tasks_without_data(tmp_path):
     assert all(t.limit == {"train": 5, "val": 5, "test": 5} and t.seeds == [1, 2] for t in tasks)
     for suite in ("probe_table", "segmentation_table"):
         assert resolve_tasks(_compose(f"suite={suite}"))[0]
+
+
+def test_a_bad_devices_value_is_refused_before_any_cell(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["bench", "suite=medmnist_local", "encoders=[pixels]", "devices=0", f"hydra.run.dir={run}"]
+    assert main(args) == 1
+    assert "devices=0: must be a positive integer" in capsys.readouterr().err
+    assert not (run / "cells").exists()
