@@ -26,6 +26,7 @@ from panderm.data.readers.public.common import (
     first_column,
     flag,
     read_metadata,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import FRACTIONS, SPLITS_FILE, saved_splits
 from panderm.errors import DataError
@@ -108,7 +109,7 @@ def read_bcn20000(
     official = table.pop("split").str.strip().str.lower() if "split" in table else None
     if official is not None:
         table["official_split"] = official
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     table = attach_images(
         table, table[id_column], folder, source=source, missing=missing, rows=rows, id_field=id_column
     )

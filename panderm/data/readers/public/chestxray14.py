@@ -37,6 +37,7 @@ from panderm.data.readers.public.common import (
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import SPLITS_FILE, crossing_groups, grouped_splits, saved_splits
 from panderm.errors import ConfigError, DataError, ManifestError
@@ -137,7 +138,7 @@ def read_chestxray14(
     # "No Finding" is the empty set; other names are checked here, where the source row is still known
     table["label_set"] = findings.map(lambda s: "|".join(n for n in s.split("|") if n.strip() != NO_FINDING))
     table["modality"] = "xray"
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     problems = [
         f"row {rows[i]}: field 'Finding Labels': {name!r} is not a ChestX-ray14 finding "
         f"(findings: {', '.join(CLASSES)}, or {NO_FINDING!r})"

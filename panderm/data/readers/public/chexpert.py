@@ -31,14 +31,16 @@ from panderm.data.manifest import Manifest, build_manifest
 from panderm.data.readers.public.chestxray14 import VAL_FRACTION, carve_val
 from panderm.data.readers.public.common import (
     check_options,
+    choice,
     dataset_folder,
     flag,
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import SPLITS_FILE
-from panderm.errors import ConfigError, DataError, ManifestError
+from panderm.errors import DataError, ManifestError
 
 OBSERVATIONS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -67,7 +69,7 @@ def _values(table: pd.DataFrame, column: str, rows: pd.Series, problems: list[st
 def _read(csv: Path, classes: tuple[str, ...], policy: str) -> pd.DataFrame:
     table = read_metadata(csv)
     require_columns(table, ("Path", "Frontal/Lateral", *classes), csv)
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     problems: list[str] = []
     codes = {name: _values(table, name, rows, problems) for name in classes}
     if problems:
@@ -100,13 +102,9 @@ def read_chexpert(path: str | os.PathLike[str], *, out_dir: Path, seed: int = 0,
     """
     check_options(options, OPTIONS, "chexpert")
     policy = str(options.get("uncertain", "ignore")).strip().lower()
-    if policy not in UNCERTAIN_POLICIES:
-        raise ConfigError(
-            f"data.options.uncertain={policy!r} for chexpert: expected one of {UNCERTAIN_POLICIES}"
-        )
+    choice(policy, UNCERTAIN_POLICIES, "uncertain", "chexpert")
     labels = str(options.get("labels", "all")).strip().lower()
-    if labels not in LABEL_SETS:
-        raise ConfigError(f"data.options.labels={labels!r} for chexpert: expected one of {list(LABEL_SETS)}")
+    choice(labels, LABEL_SETS, "labels", "chexpert")
     classes = LABEL_SETS[labels]
     folder = dataset_folder(path, "CheXpert")
     train_csv = metadata_file(folder, ["train.csv"], "CheXpert")

@@ -8,7 +8,8 @@
 - `find_images(folder, ids)`: image files by id under a folder, searched recursively, case-insensitively.
 - `attach_images(table, ids, folder, ...)`: the `image` column for metadata rows; rows whose image is absent
   raise `ManifestError` listing each (row, id), or with ``missing="skip"`` are dropped with a logged count.
-- `check_options(options, allowed, dataset)`: unknown reader options are a `ConfigError`.
+- `check_options(options, allowed, dataset)`: unknown reader options are a `ConfigError`; `choice`: one
+  option's value checked against its allowed values.
 - `split_attach_build(table, ...)`: the end of a reader without an official split: a saved grouped split over
   every metadata row, the images attached, the manifest built.
 """
@@ -43,12 +44,22 @@ def check_options(options: Mapping[str, Any], allowed: Collection[str], dataset:
         )
 
 
+def choice(value: str, allowed: Collection[str], key: str, dataset: str | None = None) -> str:
+    """`value` of reader option `key` when it is one of `allowed`; else `ConfigError` naming both."""
+    if value not in allowed:
+        where = f" for {dataset}" if dataset else ""
+        raise ConfigError(f"data.options.{key}={value!r}{where}: expected one of {list(allowed)}")
+    return value
+
+
 def missing_policy(value: object) -> str:
     """The `missing` option checked: ``error`` (default) or ``skip``; else `ConfigError`."""
-    policy = str(value).strip().lower()
-    if policy not in MISSING_POLICIES:
-        raise ConfigError(f"data.options.missing={value!r}: expected one of {list(MISSING_POLICIES)}")
-    return policy
+    return choice(str(value).strip().lower(), MISSING_POLICIES, "missing")
+
+
+def row_numbers(table: pd.DataFrame) -> pd.Series:
+    """1-based metadata row numbers aligned with `table`'s index, for messages."""
+    return pd.Series(range(1, len(table) + 1), index=table.index)
 
 
 def flag(value: object, name: str) -> bool:
@@ -188,7 +199,7 @@ def attach_images(
             "is data.path the dataset's folder?"
         )
     if absent.any():
-        numbers = rows if rows is not None else pd.Series(range(1, len(table) + 1), index=table.index)
+        numbers = rows if rows is not None else row_numbers(table)
         if policy == "error":
             problems = [
                 f"row {n}: field {id_field!r}: no image file for {i!r} under {folder} "

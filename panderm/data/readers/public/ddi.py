@@ -13,18 +13,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from panderm.data.manifest import Manifest
 from panderm.data.readers.public.common import (
     check_options,
+    choice,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
     split_attach_build,
 )
-from panderm.errors import ConfigError, ManifestError
+from panderm.errors import ManifestError
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,14 @@ def read_ddi(path: str | os.PathLike[str], *, out_dir: Path, seed: int = 0, **op
     """
     check_options(options, OPTIONS, "ddi")
     label = str(options.get("label", "malignant"))
-    if label not in LABELS:
-        raise ConfigError(f"data.options.label={label!r} for ddi: expected one of {list(LABELS)}")
+    choice(label, LABELS, "label", "ddi")
     folder = dataset_folder(path, "DDI")
     source = metadata_file(folder, ["ddi_metadata.csv"], "DDI")
     assert source is not None
     table = read_metadata(source)
     table = table.drop(columns=[c for c in table.columns if c == "" or c.startswith("Unnamed:")])
     require_columns(table, ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"), source)
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     malignant = table["malignant"].str.strip().str.upper().map({"TRUE": True, "FALSE": False})
     tone = table["skin_tone"].str.strip()
     problems = [

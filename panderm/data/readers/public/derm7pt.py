@@ -21,6 +21,7 @@ import pandas as pd
 from panderm.data.manifest import Manifest, build_manifest
 from panderm.data.readers.public.common import (
     check_options,
+    choice,
     dataset_folder,
     flag,
     metadata_file,
@@ -104,8 +105,7 @@ def read_derm7pt(path: str | os.PathLike[str], *, out_dir: Path, seed: int = 0, 
     """
     check_options(options, OPTIONS, "derm7pt")
     image_type = str(options.get("image_type", "derm"))
-    if image_type not in IMAGE_TYPES:
-        raise ConfigError(f"data.options.image_type={image_type!r}: expected one of {list(IMAGE_TYPES)}")
+    choice(image_type, IMAGE_TYPES, "image_type", "derm7pt")
     label = str(options.get("label", "diagnosis"))
     if label != "diagnosis" and label not in CRITERIA:
         raise ConfigError(f"data.options.label={label!r}: expected diagnosis or one of {list(CRITERIA)}")

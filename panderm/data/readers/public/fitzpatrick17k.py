@@ -18,13 +18,15 @@ import pandas as pd
 from panderm.data.manifest import Manifest
 from panderm.data.readers.public.common import (
     check_options,
+    choice,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
     split_attach_build,
 )
-from panderm.errors import ConfigError, ManifestError
+from panderm.errors import ManifestError
 
 # the 114 conditions of the `label` column, spelt exactly as in fitzpatrick17k.csv
 CONDITIONS = (
@@ -84,15 +86,14 @@ def read_fitzpatrick17k(
     """
     check_options(options, OPTIONS, "fitzpatrick17k")
     label = str(options.get("label", "three_partition_label"))
-    if label not in LABELS:
-        raise ConfigError(f"data.options.label={label!r} for fitzpatrick17k: expected one of {list(LABELS)}")
+    choice(label, LABELS, "label", "fitzpatrick17k")
     folder = dataset_folder(path, "Fitzpatrick17k")
     source = metadata_file(folder, ["fitzpatrick17k.csv"], "Fitzpatrick17k")
     assert source is not None
     table = read_metadata(source)
     require_columns(table, ("md5hash", "fitzpatrick_scale", "label", *LABELS), source)
     table = table.rename(columns={"label": "condition"})
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     problems = []
     for column in [c for c in SCALES if c in table]:
         scale = pd.to_numeric(table[column], errors="coerce")

@@ -23,6 +23,7 @@ from panderm.data.readers.public.common import (
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import FRACTIONS, SPLITS_FILE, saved_splits
 
@@ -73,7 +74,7 @@ def read_ham10000(
     meta["age"] = pd.to_numeric(meta["age"], errors="coerce")
     meta["patient_id"] = meta["lesion_id"].fillna(meta["image_id"])  # no lesion id: the image stands alone
     meta["modality"] = "dermoscopy"
-    rows = pd.Series(range(1, len(meta) + 1), index=meta.index)
+    rows = row_numbers(meta)
     table = attach_images(meta, meta["image_id"], folder, source=source, missing=missing, rows=rows)
     table.insert(
         1,

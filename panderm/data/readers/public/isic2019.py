@@ -25,6 +25,7 @@ from panderm.data.readers.public.common import (
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import FRACTIONS, SPLITS_FILE, saved_splits
 from panderm.errors import ManifestError
@@ -86,7 +87,7 @@ def read_isic2019(
     table["age_approx"] = pd.to_numeric(table["age_approx"], errors="coerce")
     table["patient_id"] = table["lesion_id"].fillna(table["image_id"])
     table["modality"] = "dermoscopy"
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     table = attach_images(table, table["image_id"], folder, source=source, missing=missing, rows=rows)
     split = saved_splits(
         table, out_dir / SPLITS_FILE, labels="label", group="patient_id", fractions=fractions, seed=seed

@@ -20,13 +20,14 @@ from panderm.data.manifest import Manifest, build_manifest
 from panderm.data.readers.public.common import (
     attach_images,
     check_options,
+    choice,
     dataset_folder,
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
 )
 from panderm.data.readers.public.splits import FRACTIONS, SPLITS_FILE, saved_splits
-from panderm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,7 @@ def read_isic2020(
     unknown `label`, `ManifestError` for images missing (``missing="skip"`` drops them) or unknown labels.
     """
     check_options(options, (), "isic2020")
-    if label not in LABELS:
-        raise ConfigError(f"data.options.label={label!r}: expected one of {list(LABELS)}")
+    choice(label, LABELS, "label", "isic2020")
     folder = dataset_folder(path, "ISIC 2020")
     source = metadata_file(folder, GROUND_TRUTH, "ISIC 2020 ground-truth")
     table = read_metadata(source)
@@ -83,7 +83,7 @@ def read_isic2020(
         table["age_approx"] = pd.to_numeric(table["age_approx"], errors="coerce")
     table["patient_id"] = table["patient_id"].fillna(table["image_name"])
     table["modality"] = "dermoscopy"
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     table = attach_images(
         table, table["image_name"], folder, source=source, missing=missing, rows=rows, id_field="image_name"
     )

@@ -24,6 +24,7 @@ from panderm.data.readers.public.common import (
     metadata_file,
     read_metadata,
     require_columns,
+    row_numbers,
     split_attach_build,
 )
 from panderm.errors import ManifestError
@@ -50,7 +51,7 @@ def read_pad_ufes20(
     assert source is not None
     table = read_metadata(source)
     require_columns(table, REQUIRED, source)
-    rows = pd.Series(range(1, len(table) + 1), index=table.index)
+    rows = row_numbers(table)
     problems = []
     for column in NUMERIC:
         if column in table:
