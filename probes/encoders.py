@@ -177,6 +177,11 @@ def _check_size(text: str, encoder: nn.Module, image_size: int | None) -> None:
         )
 
 
+def is_pixels_spec(spec: str) -> bool:
+    """Whether `spec` names the raw-pixel encoder (``pixels``, ``pixels@<size>``): it has no feature maps."""
+    return _PIXELS.fullmatch(str(spec).strip()) is not None
+
+
 def _pixels(size: int, *, image_size: int | None) -> PixelEncoder:
     encoder = PixelEncoder(image_size or size)
     return set_identity(encoder, {"kind": "pixels", "spec": encoder.spec.to_dict()})

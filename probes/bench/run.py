@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from probes.bench.cells import (
 )
 from probes.bench.leaderboard import write_leaderboard
 from probes.bench.suite import Task, prepare_data, resolve_tasks
+from probes.encoders import is_pixels_spec
 from probes.features import check_devices
 
 log = logging.getLogger(__name__)
 
 CELLS = "cells.csv"
-PIXELS = re.compile(r"pixels(?:@\d+)?")
 
 
 def run_bench(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -52,10 +51,14 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
     tasks, notes = resolve_tasks(cfg)
     encoders = list(dict.fromkeys(str(e) for e in cfg.encoders))
     grid = build_grid(tasks, encoders, run_dir)
+
     # the pixel baseline has a feature vector but no feature maps: no segmentation cells for it
-    flat = sorted({c.encoder for c in grid if c.task.type == "segmentation" and PIXELS.fullmatch(c.encoder)})
+    def mapless(cell: Cell) -> bool:
+        return cell.task.type == "segmentation" and is_pixels_spec(cell.encoder)
+
+    flat = sorted({c.encoder for c in grid if mapless(c)})
     if flat:
-        grid = [c for c in grid if not (c.task.type == "segmentation" and PIXELS.fullmatch(c.encoder))]
+        grid = [c for c in grid if not mapless(c)]
         notes.append(f"{', '.join(flat)}: no segmentation cells (raw pixels have no feature maps for a head)")
     by_key = {(c.task.name, c.probe, c.encoder, c.seed): c for c in grid}
 
