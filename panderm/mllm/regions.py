@@ -21,6 +21,7 @@ from panderm.errors import ConfigError
 __all__ = [
     "NORMALISED_DECIMALS",
     "PARSE_STYLES",
+    "REGION_TOKENS",
     "STYLES",
     "Region",
     "RegionParse",
@@ -458,6 +459,13 @@ def format_regions(regions: Iterable[Region], width: float, height: float, style
             head = "" if phrase is None else f"{phrase}: "
             parts.append(f"{head}[{inner}]")
     return ("\n" if style == "normalised" else " ").join(parts)
+
+
+# The special tokens of region markup, one token each: Qwen's box/ref/quad markers, PaliGemma's location and
+# segmentation codes, InternVL/MedRegA's ref/box/quad tags (the hf backend keeps them in replies for us)
+REGION_TOKENS = re.compile(
+    r"<\|(?:box|object_ref|quad)_(?:start|end)\|>|<loc\d{4}>|<seg\d{3}>|</?ref>|</?box>|</?quad>"
+)
 
 
 def _block(start: str, end: str) -> str:

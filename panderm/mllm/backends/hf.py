@@ -25,6 +25,7 @@ from panderm.mllm.adapters import Adapter, adapter_for
 from panderm.mllm.backends.base import Backend, GenerationSettings, resolve_device
 from panderm.mllm.backends.vision_cache import VisionCache
 from panderm.mllm.conversation import Conversation, ImageMemo, ImagePart, TextPart, decode_rgb
+from panderm.mllm.regions import REGION_TOKENS
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,13 +41,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype not in _DTYPES:
         raise BackendError(f"hf backend: dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-# special tokens a reply keeps for the region layer (panderm.mllm.regions): Qwen's box/ref/quad markers,
-# PaliGemma's location and segmentation codes, InternVL/MedRegA's ref/box tags
-REGION_TOKENS = re.compile(
-    r"<\|(?:box|object_ref|quad)_(?:start|end)\|>|<loc\d{4}>|<seg\d{3}>|</?ref>|</?box>|</?quad>"
-)
 
 
 # Processors that pad every prompt of a batch to the batch's largest image count. With Mllama, transformers
