@@ -2,8 +2,9 @@
 
 Columns (DESIGN.md): `image` (path relative to the root), `split` (train/val/test), `label` (int or class
 name; optional) or, for multi-label data, `label_set` (see below), and optionally `patient_id`, `modality`,
-`mask` (path), `bbox` (``x1,y1,x2,y2`` in pixels; several boxes joined by ``;``) and `slice` (index into a
-volume). PanDerm's CSV (`image`, `split`, `label` or `binary_label`) loads unchanged.
+`mask` (path), `bbox` (``x1,y1,x2,y2`` in pixels; several boxes joined by ``;``), `slice` (index into a
+volume) and, for follow-up and outcome tasks, `lesion_id`, `timepoint`, `event` and `time`
+(`panderm.data.outcomes`). PanDerm's CSV (`image`, `split`, `label` or `binary_label`) loads unchanged.
 Any other column is kept as metadata. Row numbers in messages are 1-based data rows (the CSV header is not
 counted, so row N is on line N + 1).
 
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from panderm.data.images import image_kind, image_size, load_image, load_mask, probe_image
+from panderm.data.outcomes import CASE_COLUMNS, LESION, case_column_problems
 from panderm.errors import DataError, ImageLoadError, ManifestError
 from panderm.io import atomic_write, write_csv
 from panderm.paths import resolve_under
@@ -40,7 +42,7 @@ from panderm.paths import resolve_under
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 REQUIRED_COLUMNS = ("image", "split")
-KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice")
+KNOWN_COLUMNS = ("image", "split", "label", "patient_id", "modality", "mask", "bbox", "slice", *CASE_COLUMNS)
 # multi-label columns, kept out of KNOWN_COLUMNS: the misspelt-column check of other files stays as it was
 LABEL_SET, UNCERTAIN_SET = "label_set", "uncertain_set"
 SET_COLUMNS = (LABEL_SET, UNCERTAIN_SET)
@@ -247,6 +249,7 @@ def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> 
                 "image": str,
                 "mask": str,
                 "patient_id": str,
+                LESION: str,
                 "bbox": str,
                 LABEL_SET: str,
                 UNCERTAIN_SET: str,
@@ -550,6 +553,7 @@ def _check_rows(manifest: Manifest, *, check_files: bool, deep: bool) -> list[st
                     f"row {row}: field {field!r}: {path}: {reason}" for field, path, reason in issues
                 ]
     problems += _leakage(table)
+    problems += case_column_problems(table)
     return problems
 
 

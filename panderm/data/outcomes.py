@@ -1,0 +1,154 @@
+"""Manifest columns for follow-up and outcome tasks: `lesion_id` (one lesion across images, time points and
+modalities), `timepoint` (an ordinal number or a date), `event` (1 = the outcome happened, 0 = censored) and
+`time` (time to the event or to censoring, >= 0, in the user's unit). Checked once, with the manifest: every
+problem names its row and field (`case_column_problems`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+LESION, TIMEPOINT, EVENT, TIME = "lesion_id", "timepoint", "event", "time"
+CASE_COLUMNS = (LESION, TIMEPOINT, EVENT, TIME)
+EVENT_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0, "1.0": 1, "0.0": 0}
+
+
+def _missing(value: object) -> bool:
+    return value is None or (not isinstance(value, str) and pd.isna(value)) or str(value).strip() == ""
+
+
+def parse_timepoints(values: Iterable[object]) -> np.ndarray:
+    """Time points as sortable floats: numbers as given (visit 0, 1, 2 or months), dates (ISO ``2021-03-04``
+    and what `pandas.to_datetime` reads) as days since 1970-01-01; NaN where missing. Raises `ValueError`
+    naming the 0-based positions of values that are neither, or when numbers and dates are mixed."""
+    items = list(values)
+    out = np.full(len(items), np.nan)
+    kinds: dict[str, list[int]] = {"number": [], "date": [], "bad": []}
+    for i, value in enumerate(items):
+        if _missing(value):
+            continue
+        try:
+            out[i] = float(value)  # type: ignore[arg-type]
+            kinds["number" if np.isfinite(out[i]) else "bad"].append(i)
+            continue
+        except (TypeError, ValueError):
+            pass
+        try:
+            stamp = pd.Timestamp(str(value).strip())
+        except (TypeError, ValueError):
+            stamp = pd.NaT
+        if pd.isna(stamp):
+            kinds["bad"].append(i)
+        else:
+            out[i] = (stamp - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)
+            kinds["date"].append(i)
+    if kinds["bad"]:
+        raise ValueError(f"not a number or a date at positions {kinds['bad'][:10]}")
+    if kinds["number"] and kinds["date"]:
+        raise ValueError(
+            f"numbers (positions {kinds['number'][:5]}) and dates (positions {kinds['date'][:5]}) are mixed"
+        )
+    return out
+
+
+def parse_events(values: Iterable[object]) -> np.ndarray:
+    """`event` cells as 1/0 floats (1, 0, true/false, yes/no), NaN where missing. Raises `ValueError` naming
+    the 0-based positions of other values."""
+    items = list(values)
+    out = np.full(len(items), np.nan)
+    bad = []
+    for i, value in enumerate(items):
+        if _missing(value):
+            continue
+        code = EVENT_VALUES.get(str(value).strip().lower())
+        if code is None:
+            bad.append(i)
+        else:
+            out[i] = code
+    if bad:
+        raise ValueError(f"not 0/1 at positions {bad[:10]}")
+    return out
+
+
+def case_column_problems(table: pd.DataFrame) -> list[str]:
+    """Problems with the follow-up and outcome columns of a normalised manifest table (with its 1-based
+    `row` and `split`): a lesion in several splits or patients, a time point that is neither a number nor a
+    date (or numbers and dates mixed), two images of one lesion at one time point and modality, an `event`
+    that is not 0/1, a `time` that is negative or not a number, `event` without `time` (or the reverse), and
+    a lesion whose rows disagree on its outcome."""
+    problems: list[str] = []
+    rows = table["row"].to_numpy()
+
+    def parsed(column: str, parse) -> np.ndarray | None:
+        try:
+            return parse(table[column])
+        except ValueError:
+            for i, value in enumerate(table[column]):
+                try:
+                    parse([value])
+                except ValueError:
+                    problems.append(f"row {rows[i]}: field {column!r}: {value!r} is not {_WHAT[column]}")
+            if column == TIMEPOINT and not any(p.startswith("row") for p in problems):
+                problems.append(f"field {column!r}: numbers and dates are mixed; use one form for every row")
+            return None
+
+    if TIMEPOINT in table:
+        parsed(TIMEPOINT, parse_timepoints)
+    events = parsed(EVENT, parse_events) if EVENT in table else None
+    times = None
+    if TIME in table:
+        times = pd.to_numeric(table[TIME], errors="coerce").to_numpy(dtype=float)
+        for i, (raw, value) in enumerate(zip(table[TIME], times, strict=True)):
+            if not _missing(raw) and not (np.isfinite(value) and value >= 0):
+                problems.append(f"row {rows[i]}: field {TIME!r}: {raw!r} is not a number >= 0")
+    if (EVENT in table) != (TIME in table):
+        have, lack = (EVENT, TIME) if EVENT in table else (TIME, EVENT)
+        problems.append(f"column {have!r} needs a {lack!r} column (outcomes are an event and its time)")
+    elif events is not None and times is not None:
+        has_event, has_time = ~np.isnan(events), ~table[TIME].map(_missing).to_numpy(bool)
+        for i in np.flatnonzero(has_event != has_time):
+            given, absent = (EVENT, TIME) if has_event[i] else (TIME, EVENT)
+            problems.append(f"row {rows[i]}: field {absent!r}: empty while {given!r} is given")
+    if LESION in table:
+        problems += _lesion_problems(table, events, times)
+    return problems
+
+
+_WHAT = {TIMEPOINT: "a number or a date", EVENT: "0/1 (or true/false, yes/no)"}
+
+
+def _lesion_problems(table: pd.DataFrame, events: np.ndarray | None, times: np.ndarray | None) -> list[str]:
+    problems = []
+    known = table[~table[LESION].map(_missing)]
+    outcome = pd.DataFrame(
+        {
+            EVENT: events if events is not None else np.nan,
+            TIME: times if times is not None else np.nan,
+        },
+        index=table.index,
+    )
+    for lesion, group in known.groupby(LESION, sort=True):
+        listed = ", ".join(str(r) for r in group["row"])
+        for column in ("split", "patient_id"):
+            if column in group and group[column].dropna().nunique() > 1:
+                problems.append(
+                    f"field {LESION!r}: lesion {lesion!r} has more than one {column} "
+                    f"({sorted(map(str, group[column].dropna().unique()))}; rows {listed})"
+                )
+        if TIMEPOINT in group:
+            keys = [TIMEPOINT, *(["modality"] if "modality" in group else [])]
+            repeated = group[group.duplicated(keys, keep=False) & group[TIMEPOINT].notna()]
+            if len(repeated):
+                shown = ", ".join(str(r) for r in repeated["row"])
+                problems.append(
+                    f"field {TIMEPOINT!r}: lesion {lesion!r} has several images at one time point"
+                    f"{' and modality' if len(keys) > 1 else ''} (rows {shown})"
+                )
+        values = outcome.loc[group.index].dropna()
+        if len(values.drop_duplicates()) > 1:
+            problems.append(
+                f"fields {EVENT!r}/{TIME!r}: lesion {lesion!r} has different outcomes on its rows ({listed})"
+            )
+    return problems
