@@ -3,14 +3,40 @@ stacked with one table row per image, and patient-grouped cross-validation folds
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from panderm.errors import ConfigError, ProbeError
+from panderm.report import Report
 from probes.features import FeatureSet
+
+# (test labels (M,), test probabilities (M, C), the M cases' table rows) -> subgroup results per column
+Fairness = Callable[[np.ndarray, np.ndarray, pd.DataFrame], dict[str, Any]]
+
+
+@dataclass
+class TaskContext:
+    """What `panderm probe` hands a case-level probe (`run_longitudinal`, `run_survival`, `run_fusion`):
+    the run folder (write predictions.csv and figures/ there), the report to add sections to, the class
+    names, the seed, bootstrap resamples (0 = no intervals), whether to draw figures, `image_path` (manifest
+    image path -> file, for figures of images) and `fairness`, which scores test predictions per subgroup
+    column the user asked for (`subgroups=`) and returns what goes under metrics["subgroups"]."""
+
+    run_dir: Path
+    report: Report
+    classes: list[str]
+    seed: int = 0
+    bootstrap: int = 1000
+    plots: bool = True
+    device: str = "cpu"
+    image_path: Callable[[str], Path] | None = None
+    fairness: Fairness = field(default=lambda y, proba, rows: {})
 
 
 def image_table(sets: Mapping[str, FeatureSet]) -> tuple[np.ndarray, pd.DataFrame]:
