@@ -81,28 +81,33 @@ def case_column_problems(table: pd.DataFrame) -> list[str]:
     problems: list[str] = []
     rows = table["row"].to_numpy()
 
-    def parsed(column: str, parse) -> np.ndarray | None:
-        try:
-            return parse(table[column])
-        except ValueError:
-            for i, value in enumerate(table[column]):
-                try:
-                    parse([value])
-                except ValueError:
-                    problems.append(f"row {rows[i]}: field {column!r}: {value!r} is not {_WHAT[column]}")
-            if column == TIMEPOINT and not any(p.startswith("row") for p in problems):
-                problems.append(f"field {column!r}: numbers and dates are mixed; use one form for every row")
-            return None
+    def parsed(column: str, parse) -> np.ndarray:
+        """The column parsed value by value (NaN where a value is bad, each bad value a problem)."""
+        values = np.full(len(table), np.nan)
+        for i, value in enumerate(table[column]):
+            try:
+                values[i] = parse([value])[0]
+            except ValueError:
+                problems.append(f"row {rows[i]}: field {column!r}: {value!r} is not {_WHAT[column]}")
+        return values
 
     if TIMEPOINT in table:
-        parsed(TIMEPOINT, parse_timepoints)
+        try:
+            parse_timepoints(table[TIMEPOINT])
+        except ValueError as error:
+            if "mixed" in str(error):
+                problems.append(
+                    f"field {TIMEPOINT!r}: numbers and dates are mixed; use one form for every row"
+                )
+            else:
+                parsed(TIMEPOINT, parse_timepoints)
     events = parsed(EVENT, parse_events) if EVENT in table else None
-    times = None
     if TIME in table:
-        times = pd.to_numeric(table[TIME], errors="coerce").to_numpy(dtype=float)
+        times = pd.to_numeric(table[TIME], errors="coerce").to_numpy(dtype=float, copy=True)
         for i, (raw, value) in enumerate(zip(table[TIME], times, strict=True)):
             if not _missing(raw) and not (np.isfinite(value) and value >= 0):
                 problems.append(f"row {rows[i]}: field {TIME!r}: {raw!r} is not a number >= 0")
+                times[i] = np.nan
     if (EVENT in table) != (TIME in table):
         have, lack = (EVENT, TIME) if EVENT in table else (TIME, EVENT)
         problems.append(f"column {have!r} needs a {lack!r} column (outcomes are an event and its time)")
