@@ -102,6 +102,7 @@ def case_column_problems(table: pd.DataFrame) -> list[str]:
             else:
                 parsed(TIMEPOINT, parse_timepoints)
     events = parsed(EVENT, parse_events) if EVENT in table else None
+    times = None
     if TIME in table:
         times = pd.to_numeric(table[TIME], errors="coerce").to_numpy(dtype=float, copy=True)
         for i, (raw, value) in enumerate(zip(table[TIME], times, strict=True)):
