@@ -20,6 +20,8 @@
 - demographic parity difference: per class, max - min over subgroups of the share predicted as that class,
   averaged over classes; for two classes this is fairlearn's `demographic_parity_difference` of class 1.
   Both differences get percentile intervals from the same group x class resamples as the gaps.
+  Samples without a value count as one more group, ``(missing)``, in the gaps and differences too (as in
+  `subgroup_gaps`); a tiny group has wide intervals, which is why every gap comes with its interval.
 - calibration: the per-subgroup ECE (15 top-label bins) and a reliability figure with one curve per group.
 """
 
@@ -67,7 +69,7 @@ AGE_BAND_EDGES = (30, 45, 60, 75)
 MAX_LEVELS = 8  # a numeric column with more distinct values than this is banded
 MISSING = "(missing)"
 LEVEL = 0.95
-RATES = ("tpr", "fpr", "selection_rate")
+RATE_COLUMNS = ("tpr", "fpr", "selection_rate")
 
 
 # -------------------------------------------------------------------------------------------------- groups
@@ -92,7 +94,7 @@ def band_values(
     present = raw.notna()
     numbers = pd.to_numeric(raw[present], errors="coerce")
     labels = np.array(raw.where(present, None), dtype=object)
-    if not present.any() or numbers.isna().any() or isinstance(raw[present].iloc[0], bool):
+    if not present.any() or numbers.isna().any() or isinstance(raw[present].iloc[0], (bool, np.bool_)):
         return labels, None
     if numbers.nunique() > max_levels:
         names = _band_labels(list(edges))
@@ -158,7 +160,7 @@ def fairness_rates(
 
 
 def _spread(values: np.ndarray) -> np.ndarray:
-    """max - min over groups (axis -1), ignoring NaN; NaN when fewer than one group is defined."""
+    """max - min over groups (axis -1), ignoring NaN; NaN where no group is defined."""
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(values)
         high = np.where(finite, values, -np.inf).max(axis=-1)
@@ -391,6 +393,8 @@ def _groups(y: np.ndarray, groups: Any, column: str) -> tuple[np.ndarray, list[s
     """Subgroup label per sample (bands for a many-valued numeric column, MISSING where empty)."""
     if np.ndim(groups) != 1 or len(groups) != len(y):
         raise ProbeError(f"subgroups: column {column!r} must hold one value per test sample ({len(y)})")
+    if column.startswith(RATE_COLUMNS):
+        raise ProbeError(f"subgroups: column name {column!r} clashes with the rate columns {RATE_COLUMNS}")
     labels, bands = band_values(groups)
     return np.array([MISSING if v is None else v for v in labels], dtype=object), bands
 
