@@ -309,7 +309,7 @@ def compare_inputs(
     scopes += [(name, "all with the input", ~np.isnan(p[:, 0]), p) for name, p in probas.items()]
     scopes.append((FUSION, "all", ~np.isnan(fused[:, 0]), fused))
     rows = []
-    for model, scope, keep, proba in scopes:
+    for model, scope, keep, proba in (s for s in scopes if s[2].any()):
         for metric, s in _scores(y[keep], proba[keep], bootstrap, seed).items():
             rows.append({"model": model, "cases": scope, "n": int(keep.sum()), "metric": metric, **s})
     differences = []
@@ -388,7 +388,9 @@ def _wide(scores: pd.DataFrame) -> pd.DataFrame:
     cells = shown.assign(
         cell=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in shown[["value", "low", "high"]].to_numpy()]
     )
-    return cells.pivot(index=["model", "cases", "n"], columns="metric", values="cell").reset_index()
+    keys = ["model", "cases", "n"]
+    wide = cells.pivot(index=keys, columns="metric", values="cell")
+    return wide.reindex(pd.MultiIndex.from_frame(cells[keys].drop_duplicates())).reset_index()
 
 
 def _report(
