@@ -48,11 +48,16 @@ def _row_names(table: pd.DataFrame, positions: Sequence[int]) -> str:
     return ", ".join(shown) + (", ..." if len(positions) > 10 else "")
 
 
+def _has_lesion(table: pd.DataFrame, lesion: str) -> np.ndarray:
+    """Rows with a lesion id (not missing or blank)."""
+    return table[lesion].notna().to_numpy() & (table[lesion].astype(str).str.strip() != "").to_numpy()
+
+
 def _lesion_sequences(
     table: pd.DataFrame, lesion: str, timepoint: str, modality: str | None
 ) -> list[np.ndarray]:
     """Positions of a lesion's images ordered by time, per lesion and modality with >= 2 images."""
-    known = ~table[lesion].isna().to_numpy() & (table[lesion].astype(str).str.strip() != "").to_numpy()
+    known = _has_lesion(table, lesion)
     keys = [lesion]
     if modality is not None:
         known &= (table["modality"].astype(str) == modality).to_numpy()
@@ -111,7 +116,7 @@ def build_pairs(
         table, [lesion, timepoint, "split", *(["modality"] if modality is not None else [])], TASK
     )
     table = table.reset_index(drop=True)
-    _check_one_split(table[table[lesion].notna()], lesion)
+    _check_one_split(table[_has_lesion(table, lesion)], lesion)
     rows = []
     for order in _lesion_sequences(table, lesion, timepoint, modality):
         starts = order[:-1] if mode == "consecutive" else np.repeat(order[0], len(order) - 1)
