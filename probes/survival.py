@@ -111,13 +111,15 @@ def _bad_event(value: object) -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- fit
-def design_matrix(features: np.ndarray, cases: pd.DataFrame, covariates: Sequence[str] = ()) -> pd.DataFrame:
-    """Features (one column each) and the covariate columns of `cases`, numeric covariates as floats and
-    the others as strings ("missing" where empty)."""
+def design_matrix(
+    features: np.ndarray, cases: pd.DataFrame, covariates: Sequence[str] = (), categorical: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Features (one column each) and the covariate columns of `cases`: numeric ones as floats, the others
+    and those named in `categorical` (e.g. integer class codes) as strings ("missing" where empty)."""
     frame = pd.DataFrame(np.asarray(features, dtype=np.float64), columns=_feature_names(features.shape[1]))
     for column in covariates:
         values = cases[column].reset_index(drop=True)
-        if _is_numeric(values):
+        if column not in categorical and _is_numeric(values):
             frame[column] = pd.to_numeric(values).astype(float)
         else:
             frame[column] = values.where(values.notna(), "missing").astype(str)
@@ -387,6 +389,7 @@ def run_survival(
     modality: str = "dermoscopy",
     timepoint: str = "timepoint",
     covariates: Sequence[str] = (),
+    categorical: Sequence[str] = (),
     folds: int = 5,
     inner_folds: int = 3,
     alphas: Sequence[float] | None = None,
@@ -397,17 +400,20 @@ def run_survival(
 ) -> dict[str, Any]:
     """The survival probe (`panderm probe probe=survival`): out-of-fold Cox risk scores for one image per
     case, written to predictions.csv (case, patient_id, image, fold, risk, time, event) with km.csv,
-    figures and report sections; returns the metrics (JSON-serialisable). `alphas` default to
-    `RIDGE_ALPHAS` (or `ELASTIC_NET_ALPHAS` when `l1_ratio` > 0)."""
-    covariates = list(covariates)
+    figures and report sections; returns the metrics (JSON-serialisable). `covariates`: manifest columns
+    added to the features (numeric standardised, others one-hot; `categorical` forces one-hot, e.g. for
+    integer codes). `alphas` default to `RIDGE_ALPHAS` (or `ELASTIC_NET_ALPHAS` when `l1_ratio` > 0)."""
+    covariates, categorical = list(covariates), list(categorical)
     require_columns(table, covariates, "survival covariates")
+    if stray := sorted(set(categorical) - set(covariates)):
+        raise ConfigError(f"categorical={stray} are not among covariates={covariates}")
     if not 0.0 <= l1_ratio <= 1.0:
         raise ConfigError(f"l1_ratio must be in [0, 1] (got {l1_ratio})")
     alphas = list(alphas or (ELASTIC_NET_ALPHAS if l1_ratio > 0 else RIDGE_ALPHAS))
     cases = survival_cases(table, case=case, modality=modality, timepoint=timepoint)
     patients = cases["patient_id"] if "patient_id" in cases else cases[case]
     time, event = cases[TIME].to_numpy(float), cases[EVENT].to_numpy(int)
-    design = design_matrix(np.asarray(features)[cases.index.to_numpy()], cases, covariates)
+    design = design_matrix(np.asarray(features)[cases.index.to_numpy()], cases, covariates, categorical)
     risk, fold, chosen = out_of_fold_risk(
         design, time, event, patients.to_numpy(), folds=folds, seed=context.seed, alphas=alphas,
         inner_folds=inner_folds, n_components=n_components, l1_ratio=l1_ratio,
@@ -451,6 +457,7 @@ def run_survival(
             "l1_ratio": l1_ratio,
             "n_components": n_components,
             "covariates": covariates,
+            "categorical": categorical,
             "inner_folds": inner_folds,
             "modality": modality,
             "case": case,

@@ -81,12 +81,13 @@ def test_unpenalised_cox_equals_statsmodels_phreg():
 
 def test_penalised_cox_with_covariates_and_pca_equals_sksurv_called_directly():
     x, table = make_table(120, seed=2)
-    design = design_matrix(x, table, ["age", "sex"])
+    table["grade"] = np.arange(120) % 3  # integer codes, one-hot when named categorical
+    design = design_matrix(x, table, ["age", "sex", "grade"], categorical=["grade"])
     y = Surv.from_arrays(table["event"] == 1, table["time"])
     model = cox_model(design, alpha=10.0, n_components=4).fit(design, y)
     pcs = PCA(n_components=4, svd_solver="full").fit_transform(StandardScaler().fit_transform(x))
-    sex = pd.get_dummies(table["sex"]).to_numpy(float)
-    direct = np.column_stack([pcs, standardised(table[["age"]].to_numpy()), sex])
+    dummies = pd.get_dummies(table[["sex", "grade"]].astype(str)).to_numpy(float)
+    direct = np.column_stack([pcs, standardised(table[["age"]].to_numpy()), dummies])
     reference = CoxPHSurvivalAnalysis(alpha=10.0, ties="breslow").fit(direct, y)
     np.testing.assert_allclose(model["model"].coef_, reference.coef_, rtol=1e-5, atol=1e-7)
 
