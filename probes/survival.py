@@ -80,6 +80,8 @@ def survival_cases(
         order = parse_timepoints(rows[timepoint])
         rows = rows.assign(_order=np.nan_to_num(order, nan=np.inf)).sort_values("_order", kind="stable")
     cases = rows[~rows[case].duplicated()].drop(columns="_order", errors="ignore").sort_index()
+    if left_out := table[case].nunique() - len(cases):
+        log.warning("survival: %d case(s) have no %r image and are left out", left_out, modality)
     try:
         event = parse_events(cases[EVENT])
     except ValueError:
