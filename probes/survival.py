@@ -345,10 +345,11 @@ def survival_metrics(
         }
     if bootstrap:
         resamples = clustered_resamples(groups, bootstrap, seed)
-        result["ci95"], result["ci95_used"] = {}, {}
+        intervals, used = {}, {}
         for name, statistic in statistics.items():
             if np.isfinite(result[name]):
-                result["ci95"][name], result["ci95_used"][name] = _interval(statistic, resamples)
+                intervals[name], used[name] = _interval(statistic, resamples)
+        result["ci95"] = {"intervals": intervals, "n_used": used}  # the shape classification metrics have
         result["bootstrap"] = {"n_resamples": int(bootstrap), "unit": "patient (clustered)", "seed": seed}
     return result
 
@@ -446,6 +447,7 @@ def run_survival(
         for g in np.unique(group)
     ]
     metrics.update(
+        values={name: metrics[name] for name in ("harrell_c", "uno_c", "td_auc_mean")},
         n_cases=len(cases),
         n_events=int(event.sum()),
         n_patients=int(patients.nunique()),
@@ -470,7 +472,7 @@ def run_survival(
 
 
 def _ci(metrics: dict[str, Any], name: str) -> str:
-    interval = metrics.get("ci95", {}).get(name)
+    interval = metrics.get("ci95", {}).get("intervals", {}).get(name)
     return "[{:.3f}, {:.3f}]".format(*interval) if interval else ""
 
 
