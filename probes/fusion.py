@@ -506,7 +506,7 @@ def run_fusion(
         "cases": {s: int((cases.splits == s).sum()) for s in ("train", "val", "test")},
         "test_cases_with_input": {n: int((~np.isnan(p[test, 0])).sum()) for n, p in probas.items()},
         "test_complete_cases": int(complete["n"].max()) if len(complete) else 0,
-        "test": fused_all,
+        **fused_all,  # the fusion on every test case: values, missing, ci95 (as a classification probe's)
         "comparison": _nested(scores, ["cases", "model", "metric"]),
         "differences": _nested(differences, ["input", "metric"]),
         "subgroups": context.fairness(y, fused[test], cases.rows[test].reset_index(drop=True)),
