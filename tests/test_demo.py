@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from panderm.cli import main
 from panderm.data.manifest import read_manifest
@@ -109,8 +110,21 @@ def check_report(run_dir):
     t2r = rows[rows["task"] == "text_to_region"]
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] == pytest.approx((t2r["iou"] > 0.5).mean())
     assert vqa["tasks"]["text_to_region"]["single_box"]["acc@0.5"] > 0.4  # 0.62 with the demo's UNETR
+    check_longitudinal_stage(run_dir, report, metrics)
     check_icl_stage(run_dir, report, metrics)
     check_readers_stage(run_dir, report, metrics)
+
+
+def check_longitudinal_stage(run_dir, report, metrics):
+    """Follow-up pairs of the stage's own archive (every lesion followed up), scored out of fold."""
+    assert "## Longitudinal change" in report and "longitudinal/demo-pretrained/figures/pairs.png" in report
+    manifest = pd.read_csv(run_dir / "data" / "synthderm_followup" / "manifest.csv")
+    lesions = manifest.query("modality == 'dermoscopy'")["lesion_id"].nunique()
+    for source in ("demo-pretrained", "random_init"):
+        pairs = pd.read_csv(run_dir / "longitudinal" / source / "predictions.csv")
+        assert len(pairs) == lesions and (pairs["fold"] >= 0).all()
+        auroc = metrics["longitudinal"][source.replace("_", " ")]["auroc"]
+        assert auroc == pytest.approx(roc_auc_score(pairs["target"], pairs["score"]))
 
 
 def check_readers_stage(run_dir, report, metrics):
