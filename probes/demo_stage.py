@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from panderm.config import ProbeConfig
 from panderm.paths import config_dir
+from panderm.stats import delong_test
 from probes.predictions import paired_difference_table
 from probes.run import PREDICTIONS, run_probe
 
@@ -86,6 +87,65 @@ def probe_stage(ctx: Any) -> None:
         )
     for path, caption in figures:
         ctx.report.figure(path, caption, relative_to=ctx.run_dir)
+
+
+def longitudinal_stage(ctx: Any) -> None:
+    """`probe=longitudinal` on the demo's follow-up pairs for each encoder of the probe stage (its cached
+    features): AUROC of "this lesion changed" with CIs, and the image pairs with their scores."""
+    stage = ctx.cfg.longitudinal
+    if not stage.enabled:
+        return
+    sources = {"random init": ctx.random_encoder}
+    exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
+    if ctx.cfg.pretrain.enabled and exported.is_file():
+        sources = {"demo-pretrained": str(exported), **sources}
+    rows, figure, scores = [], None, {}
+    for source, encoder in sources.items():
+        cfg = OmegaConf.structured(ProbeConfig)
+        cfg.seed, cfg.encoder, cfg.bootstrap = ctx.cfg.seed, encoder, stage.bootstrap
+        cfg.data = ctx.cfg.data.copy()
+        cfg.data.name, cfg.data.n_patients = "synthderm_followup", stage.n_patients
+        cfg.data.out_dir = str(ctx.run_dir / "data" / "synthderm_followup")
+        cfg.data.options = {"followup_fraction": stage.followup_fraction}
+        cfg.cache_dir = str(ctx.run_dir / "feature_cache")
+        cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset("longitudinal")))
+        cfg.probe.options.combine, cfg.probe.options.folds = stage.combine, stage.folds
+        run_dir = ctx.run_dir / "longitudinal" / source.replace(" ", "_")
+        result = run_probe(cfg, run_dir)["test"]
+        ctx.metrics.setdefault("longitudinal", {})[source] = result["values"]
+        low, high = result.get("ci95", {}).get("intervals", {}).get("auroc", (float("nan"),) * 2)
+        rows.append(
+            {
+                "encoder": source,
+                "pairs": result["n"],
+                "changed": sum(row["pairs changed"] for row in result["pairs"]),
+                "AUROC [95% CI]": f"{result['values']['auroc']:.3f} [{low:.3f}, {high:.3f}]",
+            }
+        )
+        figure = figure or run_dir / "figures" / "pairs.png"
+        scores[source] = pd.read_csv(run_dir / PREDICTIONS)
+    ctx.report.heading("Longitudinal change")
+    ctx.report.text(
+        f"A SynthDerm archive of {stage.n_patients} patients with a follow-up image of "
+        f"{stage.followup_fraction:.0%} of the lesions (melanomas grow and change; benign lesions do not). "
+        "Pairs of dermoscopy images of one lesion (baseline, follow-up); a linear probe on the pair's frozen "
+        f"features ({stage.combine}) predicts whether the lesion changed "
+        f"(out-of-fold scores, {stage.folds}-fold cross-validation grouped by patient; 95% bootstrap CIs). "
+        "Runs under `longitudinal/`."
+    )
+    ctx.report.table(pd.DataFrame(rows), "Change detection from follow-up pairs")
+    if len(scores) == 2:  # the same pairs, in the same order, scored by both encoders
+        (a, pre), (b, rnd) = scores.items()
+        test = delong_test(pre["target"], pre["score"], rnd["score"])
+        ctx.metrics.setdefault("longitudinal", {})["delong"] = test.to_dict()
+        ctx.report.text(
+            f"{a} - {b}: AUROC {test.difference:+.3f} [{test.low:+.3f}, {test.high:+.3f}] on the same pairs "
+            f"(DeLong's test, p = {test.p_value:.3g})."
+        )
+    if figure is not None and figure.is_file():
+        ctx.report.figure(
+            figure, "follow-up pairs with their change score (first encoder)", relative_to=ctx.run_dir
+        )
 
 
 def _preset(name: str) -> Path:

@@ -125,6 +125,9 @@ def check_longitudinal_stage(run_dir, report, metrics):
         assert len(pairs) == lesions and (pairs["fold"] >= 0).all()
         auroc = metrics["longitudinal"][source.replace("_", " ")]["auroc"]
         assert auroc == pytest.approx(roc_auc_score(pairs["target"], pairs["score"]))
+    delong = metrics["longitudinal"]["delong"]  # pretrained vs random init on the same pairs
+    assert delong["auc_a"] == pytest.approx(metrics["longitudinal"]["demo-pretrained"]["auroc"])
+    assert delong["auc_b"] == pytest.approx(metrics["longitudinal"]["random init"]["auroc"])
 
 
 def check_readers_stage(run_dir, report, metrics):
