@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from panderm.config import ProbeConfig
+from panderm.config import DataSource, ProbeConfig
 from panderm.paths import config_dir
 from panderm.stats import delong_test
 from probes.predictions import paired_difference_table
@@ -94,6 +94,14 @@ def longitudinal_stage(ctx: Any) -> None:
     features): AUROC of "this lesion changed" with CIs, and the image pairs with their scores."""
     stage = ctx.cfg.longitudinal
     if not stage.enabled:
+        return
+    if ctx.cfg.data.source != DataSource.synthderm:  # a user's data has no follow-up archive
+        ctx.report.heading("Longitudinal change")
+        ctx.report.text(
+            f"Skipped: the stage runs on a SynthDerm follow-up archive, and this demo's data is "
+            f"`{ctx.cfg.data.name}`; run `panderm probe probe=longitudinal` on a manifest with lesion_id and "
+            "timepoint columns."
+        )
         return
     sources = {"random init": ctx.random_encoder}
     exported = ctx.run_dir / "pretrain" / "encoder.safetensors"

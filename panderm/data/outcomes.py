@@ -75,7 +75,7 @@ def parse_events(values: Iterable[object]) -> np.ndarray:
 def case_column_problems(table: pd.DataFrame) -> list[str]:
     """Problems with the follow-up and outcome columns of a normalised manifest table (with its 1-based
     `row` and `split`): a lesion in several splits or patients, a time point that is neither a number nor a
-    date (or numbers and dates mixed), two images of one lesion at one time point and modality, an `event`
+    date (or numbers and dates mixed), an `event`
     that is not 0/1, a `time` that is negative or not a number, `event` without `time` (or the reverse), and
     a lesion whose rows disagree on its outcome."""
     problems: list[str] = []
@@ -142,15 +142,6 @@ def _lesion_problems(table: pd.DataFrame, events: np.ndarray | None, times: np.n
                 problems.append(
                     f"field {LESION!r}: lesion {lesion!r} has more than one {column} "
                     f"({sorted(map(str, group[column].dropna().unique()))}; rows {listed})"
-                )
-        if TIMEPOINT in group:
-            keys = [TIMEPOINT, *(["modality"] if "modality" in group else [])]
-            repeated = group[group.duplicated(keys, keep=False) & group[TIMEPOINT].notna()]
-            if len(repeated):
-                shown = ", ".join(str(r) for r in repeated["row"])
-                problems.append(
-                    f"field {TIMEPOINT!r}: lesion {lesion!r} has several images at one time point"
-                    f"{' and modality' if len(keys) > 1 else ''} (rows {shown})"
                 )
         values = outcome.loc[group.index].dropna()
         if len(values.drop_duplicates()) > 1:
