@@ -126,26 +126,30 @@ _WHAT = {TIMEPOINT: "a number or a date", EVENT: "0/1 (or true/false, yes/no)"}
 
 
 def _lesion_problems(table: pd.DataFrame, events: np.ndarray | None, times: np.ndarray | None) -> list[str]:
+    """A lesion in several splits or patients, or with different outcomes on its rows (vectorised: a
+    manifest may hold tens of thousands of lesions; only the offending ones are looked at row by row)."""
+    frame = table.assign(**{EVENT: events if events is not None else np.nan})
+    frame = frame.assign(**{TIME: times if times is not None else np.nan})
+    known = frame[~frame[LESION].map(_missing)]
+    lesions = known.groupby(LESION, sort=True)
+    checks = [(c, lesions[c].nunique()) for c in ("split", "patient_id") if c in known]
+    outcome = known.dropna(subset=[EVENT, TIME]).drop_duplicates([LESION, EVENT, TIME])[LESION].value_counts()
+    where = lesions.indices  # lesion -> positions in `known`
     problems = []
-    known = table[~table[LESION].map(_missing)]
-    outcome = pd.DataFrame(
-        {
-            EVENT: events if events is not None else np.nan,
-            TIME: times if times is not None else np.nan,
-        },
-        index=table.index,
-    )
-    for lesion, group in known.groupby(LESION, sort=True):
-        listed = ", ".join(str(r) for r in group["row"])
-        for column in ("split", "patient_id"):
-            if column in group and group[column].dropna().nunique() > 1:
-                problems.append(
-                    f"field {LESION!r}: lesion {lesion!r} has more than one {column} "
-                    f"({sorted(map(str, group[column].dropna().unique()))}; rows {listed})"
-                )
-        values = outcome.loc[group.index].dropna()
-        if len(values.drop_duplicates()) > 1:
+    for column, counts in checks:
+        for lesion in counts.index[counts > 1]:
+            group = known.iloc[where[lesion]]
             problems.append(
-                f"fields {EVENT!r}/{TIME!r}: lesion {lesion!r} has different outcomes on its rows ({listed})"
+                f"field {LESION!r}: lesion {lesion!r} has more than one {column} "
+                f"({sorted(map(str, group[column].dropna().unique()))}; rows {_rows(group)})"
             )
+    for lesion in sorted(outcome.index[outcome > 1]):
+        problems.append(
+            f"fields {EVENT!r}/{TIME!r}: lesion {lesion!r} has different outcomes on its rows "
+            f"({_rows(known.iloc[where[lesion]])})"
+        )
     return problems
+
+
+def _rows(group: pd.DataFrame) -> str:
+    return ", ".join(str(r) for r in group["row"])

@@ -1,8 +1,8 @@
 """Suites: the tasks of a `panderm bench` config, checked and resolved (selection, overrides, data paths), and
 each task's data prepared once (read, limited per split, saved as a manifest every cell of the task reads).
 
-Prepared data lives under ``<cache_dir>/data/<task>-<key>/`` (key: the task's data config and limit), so the
-same images, with the same file times, serve every encoder, run and suite pointed at that cache: the
+Prepared data lives under ``<cache_dir>/data/<key>/`` (key: the task's data config and limit), so the same
+images, with the same file times, serve every encoder, task, run and suite pointed at that cache: the
 feature cache, keyed by the manifest's files, then hits.
 """
 
@@ -29,6 +29,7 @@ from panderm.paths import config_dir
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CASE_TYPES",
     "CURVE_TYPES",
     "DEFAULT_METRIC",
     "TASK_TYPES",
@@ -40,14 +41,18 @@ __all__ = [
     "resolve_tasks",
 ]
 
-TASK_TYPES = ("classification", "multilabel", "segmentation", "fewshot", "label_efficiency")
 CURVE_TYPES = ("fewshot", "label_efficiency")
+CASE_TYPES = ("longitudinal", "survival", "fusion")  # the probe of the same name (probes.run.TASKS)
+TASK_TYPES = ("classification", "multilabel", "segmentation", *CURVE_TYPES, *CASE_TYPES)
 DEFAULT_METRIC = {
     "classification": "balanced_accuracy",
     "multilabel": "auroc_macro",
     "segmentation": "dice",
     "fewshot": "balanced_accuracy",
     "label_efficiency": "balanced_accuracy",
+    "longitudinal": "auroc",
+    "survival": "harrell_c",
+    "fusion": "balanced_accuracy",
 }
 LOWER_IS_BETTER = frozenset({"ece", "hd95"})
 BASELINES = ("centre_ellipse", "otsu")
@@ -128,11 +133,8 @@ def resolve_tasks(cfg: DictConfig) -> tuple[list[Task], list[str]]:
                 "data.path to run it)"
             )
             continue
-        probes = (
-            list(cfg.probes) if cfg.probes is not None and raw.type not in CURVE_TYPES else list(raw.probes)
-        )
-        if raw.type in CURVE_TYPES:
-            probes = [raw.type]
+        one_probe = raw.type in (*CURVE_TYPES, *CASE_TYPES)  # the task type is its probe
+        probes = [raw.type] if one_probe else list(cfg.probes if cfg.probes is not None else raw.probes)
         tasks.append(
             Task(
                 name=str(raw.name),
@@ -253,13 +255,14 @@ def _limited_npz(source: Path, folder: Path, limit: dict[str, int], seed: int) -
 def prepare_data(task: Task, cache_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Read `task`'s data once, keep at most `task.limit` images per split (stratified by label, seeded) and
     save it as a manifest; returns the data config (fields of `DataConfig`) every cell of the task uses.
-    Reuses an earlier preparation of the same data and limit. Raises what the data's reader raises."""
+    Reuses an earlier preparation of the same data and limit, by this task or another (which then shares its
+    images and feature cache). Raises what the data's reader raises."""
     record = {"data": task.data, "limit": task.limit, "seed": seed}
     key = hashlib.sha256(canonical_json(record).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "data" / f"{task.name}-{key}"
+    folder = Path(cache_dir) / "data" / key  # tasks on the same data share it, and so its feature cache
     stamp = folder / PREPARED
     if stamp.is_file():
-        return json.loads(stamp.read_text())["data"]
+        return {**json.loads(stamp.read_text())["data"], "name": task.name}
     data = OmegaConf.merge(OmegaConf.structured(DataConfig), task.data)
     data.out_dir = str(folder / "export")
     if data.source == DataSource.medmnist and task.limit:
