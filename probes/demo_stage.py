@@ -114,7 +114,7 @@ def longitudinal_stage(ctx: Any) -> None:
         cfg.data = ctx.cfg.data.copy()
         cfg.data.name, cfg.data.n_patients = "synthderm_followup", stage.n_patients
         cfg.data.out_dir = str(ctx.run_dir / "data" / "synthderm_followup")
-        cfg.data.options = {"followup_fraction": stage.followup_fraction}
+        cfg.data.options = {"followup_fraction": stage.followup_fraction, "modalities": ["dermoscopy"]}
         cfg.cache_dir = str(ctx.run_dir / "feature_cache")
         cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset("longitudinal")))
         cfg.probe.options.combine, cfg.probe.options.folds = stage.combine, stage.folds

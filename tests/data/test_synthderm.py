@@ -45,6 +45,17 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     assert any(files_a[k] != files_c[k] for k in shared if k.startswith("images"))
 
 
+def test_a_subset_of_modalities_writes_the_full_archives_rows_and_images(tmp_path):
+    full = generate_synthderm(tmp_path / "full", n_patients=6, image_size=32, seed=5)
+    derm = generate_synthderm(
+        tmp_path / "derm", n_patients=6, image_size=32, seed=5, modalities=["dermoscopy"]
+    )
+    rows = pd.read_csv(full).query("modality == 'dermoscopy'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(derm), rows)
+    files = files_of(full.parent)
+    assert files_of(derm.parent) == {k: v for k, v in files.items() if "dermoscopy" in k}
+
+
 def test_reuse_does_not_rewrite_and_changed_parameters_regenerate(tmp_path):
     manifest = generate_synthderm(tmp_path, n_patients=8, image_size=40, seed=0)
     stamp = json.loads((tmp_path / "generator.json").read_text())
@@ -75,7 +86,13 @@ def test_a_missing_stamp_regenerates(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n_patients": 0}, {"image_size": 16}, {"followup_fraction": 1.5}, {"splits": (0.5, 0.5, 0.5)}],
+    [
+        {"n_patients": 0},
+        {"image_size": 16},
+        {"followup_fraction": 1.5},
+        {"splits": (0.5, 0.5, 0.5)},
+        {"modalities": ["dermoscopy", "xray"]},
+    ],
 )
 def test_invalid_parameters_are_config_errors(tmp_path, kwargs):
     with pytest.raises(ConfigError, match="generate_synthderm"):

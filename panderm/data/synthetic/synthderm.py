@@ -51,7 +51,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -1006,8 +1006,12 @@ def generate_synthderm(
     seed: int = 0,
     followup_fraction: float = 0.25,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    modalities: Sequence[str] = MODALITIES,
 ) -> Path:
     """Write a SynthDerm archive (images/, masks/, manifest.csv) under `out_dir`; return the manifest path.
+
+    `modalities` limits which images are written (dermoscopy always is): the others' images are not rendered,
+    and every written image is the one the full archive has.
 
     Images are square PNGs of `image_size` pixels; masks are {0, 255} PNGs of the same size. The archive is
     deterministic for a `seed`, and an existing archive whose ``generator.json`` stamp records the same
@@ -1017,6 +1021,8 @@ def generate_synthderm(
     out = Path(out_dir)
     splits = tuple(float(s) for s in splits)
     _check_params(n_patients, image_size, followup_fraction, splits)
+    if unknown := sorted(set(modalities) - set(MODALITIES)):
+        raise ConfigError(f"generate_synthderm: modalities {unknown} unknown (choose from {MODALITIES})")
     params = {
         "generator": "synthderm",
         "version": GENERATOR_VERSION,
@@ -1025,6 +1031,7 @@ def generate_synthderm(
         "seed": int(seed),
         "followup_fraction": float(followup_fraction),
         "splits": list(splits),
+        "modalities": [m for m in MODALITIES if m in modalities or m == "dermoscopy"],
     }
     manifest_path, stamp_path = out / "manifest.csv", out / "generator.json"
     if manifest_path.is_file() and stamp_matches(stamp_path, params):
@@ -1045,7 +1052,9 @@ def generate_synthderm(
     for lesion in lesions:
         patient = patients[lesion.patient]
         shots = [(lesion, 0, "dermoscopy", False)]
-        shots += [(lesion, 0, m, False) for m in ("clinical", "tbp") if extra[m][lesion.index]]
+        shots += [
+            (lesion, 0, m, False) for m in ("clinical", "tbp") if extra[m][lesion.index] and m in modalities
+        ]
         grew = False
         if lesion.index in follow:
             later, grew = _follow_up(lesion, int(seed))
