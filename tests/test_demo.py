@@ -206,7 +206,7 @@ def test_demo_on_user_manifest_skips_or_names_corrupt_image(tmp_path, capsys):
 def check_pretraining_beats_random_init(default_demo, tmp_path):
     """The default objective (simclr, 32-px views) on SynthDerm for the demo's budget beats the same ViT-tiny
     (6 blocks) at random init on a larger SynthDerm draw than the demo's (seed 1, 400 patients; its 974
-    dermoscopy images, the modality the probe stage's classes are drawn for, to keep the test short), so the
+    dermoscopy images only, to keep the test short), so the
     estimate is not the noise of a small test split: +0.174 balanced accuracy measured (0.619 vs 0.445;
     on every modality of that draw +0.063, 0.429 vs 0.366). The recipe was chosen on draws 2 and 3; on the
     held-out draws 1, 4 and 5 (every modality) it gained +0.063, +0.042, +0.051 (the issue's 0.10 is not
