@@ -53,7 +53,7 @@ from panderm.stats import bootstrap_indices, paired_bootstrap_values
 # resample, group and metric would take minutes at 1000 resamples.
 from probes.metrics import (
     LOWER_IS_BETTER,
-    _WeightedScorer,
+    WeightedScorer,
     bootstrap_ci,
     check_probabilities,
     metric_names,
@@ -61,7 +61,7 @@ from probes.metrics import (
     subgroup_gaps,
     subgroup_metrics,
 )
-from probes.plots import _new_figure, _save
+from probes.plots import new_figure, save_figure
 
 __all__ = ["AGE_BAND_EDGES", "MAX_LEVELS", "MISSING", "band_values", "fairness_rates", "subgroup_report"]
 
@@ -225,7 +225,7 @@ def plot_fairness(
 ) -> Path:
     """Left: `metric` per subgroup with its bootstrap interval (n in the tick labels); right: one reliability
     curve (accuracy against mean confidence of the filled bins) per subgroup. Returns `path`."""
-    fig = _new_figure(11.0, 4.5)
+    fig = new_figure(11.0, 4.5)
     left, right = fig.subplots(1, 2)
     x = np.arange(len(frame))
     value = frame[metric].to_numpy(float)
@@ -248,7 +248,7 @@ def plot_fairness(
     right.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence (top-class probability)", ylabel="Accuracy")
     right.set_title(f"Reliability by {column}")
     right.legend(loc="upper left", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -287,7 +287,7 @@ def _resampled(
     ({group/metric: (B,)}) and the equalised-odds / demographic-parity differences ({name: (B,)})."""
     n, c = p.shape
     indices = bootstrap_indices(codes * c + y, n_resamples, seed)
-    scorers = {g: _WeightedScorer(y[codes == k], p[codes == k], metrics[g]) for k, g in enumerate(groups)}
+    scorers = {g: WeightedScorer(y[codes == k], p[codes == k], metrics[g]) for k, g in enumerate(groups)}
     values: dict[str, list[np.ndarray]] = {}
     odds: dict[str, list[np.ndarray]] = {"equalised_odds": [], "demographic_parity": []}
     pred = p.argmax(axis=1)

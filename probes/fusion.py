@@ -37,7 +37,7 @@ from panderm.io import write_csv
 from probes.cases import TaskContext, require_columns
 from probes.linear import fit_linear_sweep
 from probes.metrics import bootstrap_ci, classification_metrics, paired_bootstrap_difference
-from probes.plots import _new_figure, _save
+from probes.plots import new_figure, save_figure
 from probes.predictions import probability_columns
 
 METADATA = "metadata"
@@ -341,7 +341,7 @@ def plot_comparison(scores: pd.DataFrame, metric: str, path: str | os.PathLike[s
     ]
     values = shown["value"].to_numpy()
     err = np.abs(np.vstack([values - shown["low"].to_numpy(), shown["high"].to_numpy() - values]))
-    fig = _new_figure(max(4.0, 1.3 * len(shown) + 1), 3.8)
+    fig = new_figure(max(4.0, 1.3 * len(shown) + 1), 3.8)
     ax = fig.subplots()
     colors = ["tab:orange" if m == FUSION else "tab:blue" for m in shown["model"]]
     ax.bar(range(len(shown)), values, color=colors, alpha=0.8)
@@ -350,7 +350,7 @@ def plot_comparison(scores: pd.DataFrame, metric: str, path: str | os.PathLike[s
     ax.set(
         ylabel=metric.replace("_", " "), ylim=(0, 1), title=f"{metric.replace('_', ' ')} (95% CI), test cases"
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- the probe

@@ -28,7 +28,7 @@ from panderm.io import write_csv
 from probes.cases import TaskContext, patient_folds, require_columns
 from probes.linear import fit_linear_sweep
 from probes.metrics import bootstrap_ci, classification_metrics
-from probes.plots import _new_figure, _save, plot_roc
+from probes.plots import new_figure, plot_roc, save_figure
 
 Mode = Literal["consecutive", "baseline"]
 Combine = Literal["difference", "concat", "both"]
@@ -288,14 +288,14 @@ def _metric_table(result: dict[str, Any]) -> pd.DataFrame:
 
 def plot_pairs(items: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Image pairs side by side, one pair per row: {"before", "after": (H, W, 3) uint8, "title": str}."""
-    fig = _new_figure(4.4, 2.3 * max(len(items), 1))
+    fig = new_figure(4.4, 2.3 * max(len(items), 1))
     axes = fig.subplots(max(len(items), 1), 2, squeeze=False)
     for row, item in zip(axes, items, strict=False):
         for ax, key in zip(row, ("before", "after"), strict=True):
             ax.imshow(item[key])
             ax.axis("off")
         row[0].set_title(item["title"], fontsize=7, loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _pairs_figure(

@@ -367,7 +367,7 @@ class _RankPlan:
             return np.sum(pos * precision, axis=1) / pos.sum(axis=1)
 
 
-class _WeightedScorer:
+class WeightedScorer:
     """All metrics of `classification_metrics` for many weightings of one data set at once."""
 
     def __init__(self, y: np.ndarray, p: np.ndarray, names: Sequence[str], n_bins: int = ECE_BINS) -> None:
@@ -521,7 +521,7 @@ def bootstrap_ci(
     point = classification_metrics(y_true, proba)
     y, p = check_probabilities(y_true, proba)
     names = list(point.values)
-    scorer = _WeightedScorer(y, p, names)
+    scorer = WeightedScorer(y, p, names)
     sampler = _StratifiedSampler(y, seed)
     chunk = max(1, min(int(n_resamples), 2_000_000 // max(len(y), 1)))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -562,7 +562,7 @@ def paired_bootstrap_difference(
         raise ProbeError(f"paired models must score the same images and classes: {p_a.shape} vs {p_b.shape}")
     point_a, point_b = classification_metrics(y, p_a).values, classification_metrics(y, p_b).values
     names = [n for n in point_a if n in point_b]
-    scorers = (_WeightedScorer(y, p_a, names), _WeightedScorer(y, p_b, names))
+    scorers = (WeightedScorer(y, p_a, names), WeightedScorer(y, p_b, names))
     sampler = _StratifiedSampler(y, seed)
     chunk = max(1, min(int(n_resamples), 2_000_000 // max(len(y), 1)))
     diffs: dict[str, list[np.ndarray]] = {name: [] for name in names}

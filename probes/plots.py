@@ -30,13 +30,15 @@ log = logging.getLogger(__name__)
 UMAP_MIN_SAMPLES = 10
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no display, thread-safe: pyplot is not used)."""
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """`fig` laid out and written as a PNG at `path` atomically; the figure is cleared afterwards."""
     try:
         fig.tight_layout()
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -69,12 +71,12 @@ def plot_confusion(
             raise ProbeError(f"{name} has labels outside [0, {n_classes}) for {n_classes} classes")
     matrix = confusion_matrix(y, yp, labels=np.arange(n_classes), normalize="true" if normalize else None)
     side = max(4.0, 0.6 * n_classes + 2.5)
-    fig = _new_figure(side + 1.0, side)
+    fig = new_figure(side + 1.0, side)
     ax = fig.add_subplot()
     display = ConfusionMatrixDisplay(matrix, display_labels=_names(classes, n_classes))
     display.plot(ax=ax, cmap="Blues", values_format=".2f" if normalize else "d", xticks_rotation=45)
     ax.set_title("Confusion matrix" + (" (row-normalised)" if normalize else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(y_true: Any, proba: Any, classes: Sequence[Any], path: str | os.PathLike[str]) -> Path:
@@ -83,7 +85,7 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[Any], path: str | os.Pat
     from `y_true` have no curve and are left out with a logged warning. Returns `path`."""
     y, p = check_probabilities(y_true, proba, classes=classes)
     names = _names(classes, p.shape[1])
-    fig = _new_figure(6.0, 5.5)
+    fig = new_figure(6.0, 5.5)
     ax = fig.add_subplot()
     targets = [1] if p.shape[1] == 2 else list(range(p.shape[1]))
     grid = np.linspace(0.0, 1.0, 201)
@@ -110,7 +112,7 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[Any], path: str | os.Pat
     ax.set_title("ROC" + (" (one-vs-rest)" if len(targets) > 1 else ""))
     if curves:
         ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike[str], n_bins: int = ECE_BINS) -> Path:
@@ -120,7 +122,7 @@ def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike[str], n_bi
     width = np.diff(bins.edges)
     left = bins.edges[:-1]
     filled = bins.count > 0
-    fig = _new_figure(5.5, 6.0)
+    fig = new_figure(5.5, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(
         left[filled],
@@ -139,7 +141,7 @@ def plot_reliability(y_true: Any, proba: Any, path: str | os.PathLike[str], n_bi
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(left, bins.count, width=width, align="edge", color="grey", edgecolor="black")
     bottom.set(xlabel="Confidence (top-class probability)", ylabel="Samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _embed(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
@@ -184,7 +186,7 @@ def plot_umap(
     if y.min() < 0 or y.max() >= len(names):
         raise ProbeError(f"labels outside [0, {len(names)}) for {len(names)} classes")
     xy, method = _embed(x, seed)
-    fig = _new_figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     cmap = "tab10" if len(names) <= 10 else "tab20"
     palette = matplotlib.colormaps[cmap]
@@ -194,13 +196,13 @@ def plot_umap(
             ax.scatter(xy[mask, 0], xy[mask, 1], s=8, color=palette(k % palette.N), label=name, alpha=0.8)
     ax.set(xlabel=f"{method} 1", ylabel=f"{method} 2", title=f"{method} of features (n={len(x)})")
     ax.legend(loc="best", fontsize="small", markerscale=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curve(frame: Any, x: str, metric: str, path: str | os.PathLike[str], *, log_x: bool = False) -> Path:
     """Mean ± std of `metric` (columns ``<metric>_mean``/``<metric>_std`` of a few-shot or label-efficiency
     table) against column `x`, one line per value of the ``fit`` column. Returns `path`."""
-    fig = _new_figure(5.5, 4.0)
+    fig = new_figure(5.5, 4.0)
     ax = fig.subplots()
     for fit, part in frame.groupby("fit", sort=False):
         part = part.sort_values(x)
@@ -211,7 +213,7 @@ def plot_curve(frame: Any, x: str, metric: str, path: str | os.PathLike[str], *,
         ax.set_xscale("log")
     ax.set(xlabel=x, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} (mean ± std)")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_overlay_grid(
@@ -223,7 +225,7 @@ def plot_overlay_grid(
     e.g. the best, median and worst cases by Dice.
     """
     columns = max((len(items) for _, items in rows), default=1)
-    fig = _new_figure(2.2 * columns, 2.4 * len(rows))
+    fig = new_figure(2.2 * columns, 2.4 * len(rows))
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (label, items) in enumerate(rows):
         for c in range(columns):
@@ -239,4 +241,4 @@ def plot_overlay_grid(
                 ax.contour(item["pred"], levels=[0.5], colors="red", linewidths=1.0)
             ax.set_title(f"{label}: {item['title']}" if c == 0 else item["title"], fontsize=7)
     fig.suptitle("true outline green, predicted red", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,10 +9,13 @@ figures are drawn for multi-label runs yet."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from panderm.data.manifest import Manifest
 from panderm.data.sources import SKIPPED_IMAGES, load_data
 from panderm.errors import ConfigError, ProbeError
 from panderm.io import write_csv
 from panderm.models.classifier import save_classifier
 from panderm.report import Report
 from panderm.runs import start_run, write_metrics
+from probes.cases import TaskContext, image_table
 from probes.encoders import load_probe_encoder
+from probes.fairness import subgroup_report
 from probes.features import FeatureSet, cached_features, load_feature_file, resolve_device
 from probes.fewshot import label_efficiency, run_fewshot
 from probes.knn import knn_proba, prototype_proba
@@ -38,8 +44,6 @@ from probes.metrics import (
     classification_metrics,
     multilabel_bootstrap_ci,
     multilabel_metrics,
-    subgroup_gaps,
-    subgroup_metrics,
 )
 from probes.multilabel import fit_multilabel_panderm, fit_multilabel_sweep, multilabel_knn_proba
 from probes.plots import plot_confusion, plot_curve, plot_reliability, plot_roc, plot_umap
@@ -61,7 +65,7 @@ def _check_options(function: Callable[..., Any], name: str, options: Mapping[str
     accepted = {
         p.name
         for p in inspect.signature(function).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "context"
     }
     unknown = sorted(set(options) - accepted)
     if unknown:
@@ -132,22 +136,38 @@ CURVES: dict[str, Callable[..., pd.DataFrame]] = {
     "fewshot": run_fewshot,
     "label_efficiency": label_efficiency,
 }
-PROBE_NAMES = (*CLASSIFIERS, *CURVES)
+# case-level probes (`probes.cases.TaskContext`): module:function, imported when chosen
+TASKS = {
+    "longitudinal": "probes.longitudinal:run_longitudinal",
+    "survival": "probes.survival:run_survival",
+    "fusion": "probes.fusion:run_fusion",
+}
+PROBE_NAMES = (*CLASSIFIERS, *CURVES, *TASKS)
+UNLABELED_TASKS = ("longitudinal", "survival")  # they predict another column (changed, event/time)
 
 
 # -------------------------------------------------------------------------------------------- features
 
 
-def load_feature_sets(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, FeatureSet]:
-    """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `cfg.data` (cached)."""
+def load_feature_sets(
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    manifest: Manifest | None = None,
+    *,
+    labels: bool = True,
+) -> dict[str, FeatureSet]:
+    """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `manifest` (default: read
+    from `cfg.data`; features cached). `labels`: refuse a manifest with unlabeled rows (probes that predict
+    another column, e.g. survival, pass False)."""
     if cfg.features:
         return load_feature_file(cfg.features)
     if not cfg.encoder:
         raise ConfigError("set encoder=<checkpoint | random:... | timm:...> or features=<file.npz>")
-    manifest = load_data(cfg.data, run_dir)
-    if not manifest.has_labels:
+    manifest = manifest if manifest is not None else load_data(cfg.data, run_dir)
+    if labels and not manifest.has_labels:
         raise ProbeError(f"{manifest.source}: the manifest has no labels to probe")
-    if unlabeled := manifest.unlabeled_rows():
+    if labels and (unlabeled := manifest.unlabeled_rows()):
         shown = ", ".join(map(str, unlabeled[:10])) + (", ..." if len(unlabeled) > 10 else "")
         raise ProbeError(
             f"{manifest.source}: {len(unlabeled)} row(s) without a label (rows {shown}): a probe trains and "
@@ -175,6 +195,63 @@ def _check_subgroups(columns: list[str], test: FeatureSet) -> None:
     unknown = [c for c in columns if c not in available]
     if unknown:
         raise ConfigError(f"subgroups: {unknown} not among the test split's columns {available}")
+
+
+def run_task(
+    name: str,
+    sets: Mapping[str, FeatureSet],
+    context: TaskContext,
+    options: dict[str, Any],
+    subgroups: list[str],
+) -> dict[str, Any]:
+    """Run the case-level probe `name` (`TASKS`) on every split's features and rows."""
+    module, function = TASKS[name].split(":")
+    task = getattr(importlib.import_module(module), function)
+    _check_options(task, name, options)
+    features, table = image_table(sets)
+    if unknown := [c for c in subgroups if c not in table]:
+        raise ConfigError(f"subgroups: {unknown} not among the manifest's columns {list(table.columns)}")
+    return task(features, table, context=context, **options)
+
+
+@dataclass(frozen=True)
+class SubgroupSettings:
+    """`subgroups=` columns and how their report is made (bootstrap resamples, seed, figures)."""
+
+    columns: list[str]
+    bootstrap: int
+    seed: int
+    plots: bool
+
+
+def _fairness(
+    settings: SubgroupSettings,
+    y: np.ndarray,
+    proba: np.ndarray,
+    rows: pd.DataFrame,
+    *,
+    run_dir: Path,
+    report: Report,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """The fairness report (`probes.fairness.subgroup_report`) of test predictions per subgroup column."""
+    proba = np.asarray(proba, dtype=np.float64)
+    names = classes if classes and len(classes) == proba.shape[1] else [str(c) for c in range(proba.shape[1])]
+    return {
+        column: subgroup_report(
+            y,
+            proba,
+            rows[column].to_numpy(),
+            column=column,
+            classes=names,
+            run_dir=run_dir,
+            report=report,
+            n_resamples=settings.bootstrap,
+            seed=settings.seed,
+            plots=settings.plots,
+        )
+        for column in settings.columns
+    }
 
 
 def _class_names(sets: Mapping[str, FeatureSet]) -> list[str]:
@@ -261,12 +338,10 @@ def evaluate_predictions(
     report.table(table, f"Test metrics ({len(y)} images)")
     for name, reason in metrics.missing.items():
         report.text(f"- `{name}` not computed: {reason}")
-    result["subgroups"] = {}
-    for column in subgroups:
-        frame = subgroup_metrics(y, proba, test.meta[column].to_numpy(), column=column)
-        write_csv(run_dir / f"subgroups_{column}.csv", frame)
-        result["subgroups"][column] = {"gaps": subgroup_gaps(frame), "table": f"subgroups_{column}.csv"}
-        report.table(frame, f"Metrics per {column}")
+    settings = SubgroupSettings(subgroups, bootstrap, seed, plots)
+    result["subgroups"] = _fairness(
+        settings, y, proba, test.meta, run_dir=run_dir, report=report, classes=classes
+    )
     if plots:
         figures = run_dir / "figures"
         shown = [
@@ -291,23 +366,40 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
         raise ConfigError(f"probe.name={name!r} is not one of {PROBE_NAMES}")
     options = OmegaConf.to_container(cfg.probe.options, resolve=True)
     device = resolve_device(None if cfg.device == "auto" else cfg.device)
-    sets = load_feature_sets(cfg, run_dir, device)
-    if "train" not in sets or "test" not in sets:
+    manifest = None if cfg.features else load_data(cfg.data, run_dir)
+    sets = load_feature_sets(cfg, run_dir, device, manifest, labels=name not in UNLABELED_TASKS)
+    if name not in TASKS and ("train" not in sets or "test" not in sets):
         raise ProbeError(f"probing needs a train and a test split; found {sorted(sets)}")
     classes = _class_names(sets)
-    _check_subgroups(list(cfg.subgroups), sets["test"])
+    if name not in TASKS:
+        _check_subgroups(list(cfg.subgroups), sets["test"])
     source = cfg.features or cfg.encoder
     dataset = Path(cfg.features).stem if cfg.features else cfg.data.name
     report = Report(f"Probe `{name}` of `{source}` on `{dataset}`")
     sizes = ", ".join(f"{split} {len(fs)}" for split, fs in sets.items())
-    report.text(f"{sets['train'].dim}-d features ({cfg.pooling} pooling); {sizes} images; classes {classes}.")
+    dim = next(iter(sets.values())).dim
+    report.text(f"{dim}-d features ({cfg.pooling} pooling); {sizes} images; classes {classes}.")
     metrics: dict[str, Any] = {"probe": name, "source": str(source), "dataset": dataset, "classes": classes}
     skipped = sum(len(fs.skipped) for fs in sets.values())
     if skipped:
         metrics["skipped_images"] = skipped
         listed = f"listed in `{SKIPPED_IMAGES}`"
         report.text(f"{skipped} unreadable image(s) skipped (data.on_bad_image=skip), {listed}.")
-    if sets["train"].is_multilabel:
+    if name in TASKS:
+        subgroups = SubgroupSettings(list(cfg.subgroups), cfg.bootstrap, cfg.seed, cfg.plots)
+        context = TaskContext(
+            run_dir,
+            report,
+            classes,
+            seed=cfg.seed,
+            bootstrap=cfg.bootstrap,
+            plots=cfg.plots,
+            device=str(device),
+            image_path=None if manifest is None else manifest.path,
+            fairness=partial(_fairness, subgroups, run_dir=run_dir, report=report, classes=classes),
+        )
+        metrics["test"] = run_task(name, sets, context, options, subgroups.columns)
+    elif sets["train"].is_multilabel:
         if name not in MULTILABEL_PROBES:
             raise ProbeError(
                 f"probe {name!r} is not for multi-label data yet; use one of {MULTILABEL_PROBES} "

@@ -36,7 +36,7 @@ from panderm.errors import ConfigError, ProbeError
 from panderm.io import write_csv
 from panderm.stats import bootstrap_indices
 from probes.cases import TaskContext, patient_folds, require_columns
-from probes.plots import _new_figure, _save
+from probes.plots import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def survival_metrics(
 # ---------------------------------------------------------------------------------------------- figures
 def plot_kaplan_meier(km: pd.DataFrame, p_value: float, path: str | Path) -> Path:
     """Kaplan-Meier curves (step, 95% band) per risk group; the log-rank p in the title."""
-    fig = _new_figure(6.0, 4.5)
+    fig = new_figure(6.0, 4.5)
     ax = fig.add_subplot()
     for name, curve in km.groupby("group", sort=False):
         t = np.concatenate([[0.0], curve["time"]])
@@ -367,19 +367,19 @@ def plot_kaplan_meier(km: pd.DataFrame, p_value: float, path: str | Path) -> Pat
     ax.set(xlabel="time", ylabel="event-free probability", ylim=(0, 1.02))
     ax.set_title(f"Kaplan-Meier by predicted risk (log-rank p = {p_value:.3g})")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_td_auc(times: Sequence[float], auc: Sequence[float], mean: float, path: str | Path) -> Path:
     """Cumulative/dynamic AUC against time, its mean dashed."""
-    fig = _new_figure(5.5, 4.0)
+    fig = new_figure(5.5, 4.0)
     ax = fig.add_subplot()
     ax.plot(times, auc, marker="o", label="AUC(t)")
     ax.axhline(mean, linestyle="--", color="grey", label=f"mean {mean:.3f}")
     ax.axhline(0.5, linestyle=":", color="black", linewidth=0.8)
     ax.set(xlabel="time", ylabel="cumulative/dynamic AUC", ylim=(0, 1), title="Time-dependent AUC")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------- entry
