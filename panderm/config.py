@@ -56,7 +56,9 @@ class DataConfig:
     `data.encoding=latin-1`). `mask_threshold` (0-255) binarises masks that are not binary on purpose
     (foreground = value > threshold, e.g. JPEG masks); by default a mask must be binary. A public dataset's
     `path` is its folder as published; `options` are its reader's keyword options (e.g. CheXpert's
-    `data.options.uncertain=ones`), and a split it makes is saved under `out_dir`.
+    `data.options.uncertain=ones`), and a split it makes is saved under `out_dir`. For the generators they
+    are the generator's other parameters (SynthDerm's `followup_fraction`) and for PH2 `fractions`
+    (train, val, test: PH2 has no official split).
     """
 
     source: DataSource = DataSource.synthderm
@@ -223,6 +225,22 @@ class DemoProbeConfig:
 
 
 @dataclass
+class DemoLongitudinalConfig:
+    """The demo's longitudinal stage: `panderm probe probe=longitudinal` on SynthDerm follow-up pairs
+    (melanomas change, benign lesions do not), for the demo-pretrained and the random-init encoder. The demo
+    data has few follow-ups (about 66 pairs, 8 changed), so the stage generates its own archive of
+    `n_patients` with a follow-up for `followup_fraction` of the lesions, and scores pairs out of fold
+    (`folds`-fold cross-validation grouped by patient) rather than on a small test split."""
+
+    enabled: bool = True
+    n_patients: int = 80
+    followup_fraction: float = 1.0
+    combine: str = "both"
+    folds: int = 5
+    bootstrap: int = 200
+
+
+@dataclass
 class DemoSegmentConfig:
     """The demo's segmentation stage: each head on the frozen demo-pretrained encoder (the first head also
     at random init), trained on the demo's lesion masks (`panderm segment`). `fpn_upernet` is left out by
@@ -282,6 +300,7 @@ class DemoConfig:
     overview: OverviewConfig = field(default_factory=OverviewConfig)
     pretrain: DemoPretrainConfig = field(default_factory=lambda: DemoPretrainConfig())
     probe: DemoProbeConfig = field(default_factory=lambda: DemoProbeConfig())
+    longitudinal: DemoLongitudinalConfig = field(default_factory=DemoLongitudinalConfig)
     segment: DemoSegmentConfig = field(default_factory=lambda: DemoSegmentConfig())
     vqa: DemoVQAConfig = field(default_factory=DemoVQAConfig)
     icl: DemoICLConfig = field(default_factory=DemoICLConfig)
@@ -290,8 +309,9 @@ class DemoConfig:
 
 @dataclass
 class ProbeMethodConfig:
-    """One probe (presets in configs/probe): `name` is linear_panderm, linear_sweep, knn, fewshot or
-    label_efficiency; `options` are that probe's keyword arguments (an unknown one is an error)."""
+    """One probe (presets in configs/probe): `name` is linear_panderm, linear_sweep, knn, fewshot,
+    label_efficiency or a case-level probe (longitudinal, survival, fusion); `options` are that probe's
+    keyword arguments (an unknown one is an error)."""
 
     name: str = "linear_sweep"
     options: dict[str, Any] = field(default_factory=dict)
@@ -506,7 +526,9 @@ class ICLConfig:
 @dataclass
 class BenchTaskConfig:
     """One task of a `panderm bench` suite. `type`: classification (binary or multi-class; a multi-label
-    manifest runs the multi-label probe), multilabel, segmentation, fewshot or label_efficiency. `data` is a
+    manifest runs the multi-label probe), multilabel, segmentation, fewshot, label_efficiency, or a
+    case-level probe of the same name (longitudinal, survival, fusion; options in `probe_options.<type>`;
+    no pairwise tests between encoders for these yet). `data` is a
     data config's fields; `probes` are probe presets (configs/probe_command/probe/) or, for segmentation,
     heads, with `probe_options` per probe/head merged into the preset's options; `metric` is the primary
     metric (default by type); `limit_per_split` keeps at most that many images per split (an int, or

@@ -126,6 +126,7 @@ STAGES: list[tuple[str, str]] = [
     ("data", "panderm.demo:data_stage"),
     ("pretrain", "panderm.demo:pretrain_stage"),
     ("probe", "probes.demo_stage:probe_stage"),
+    ("longitudinal", "probes.demo_stage:longitudinal_stage"),
     ("segment", "probes.segmentation.demo_stage:segment_stage"),
     ("vqa", "panderm.mllm.demo_stage:vqa_stage"),
     ("icl", "panderm.mllm.icl.demo_stage:icl_stage"),

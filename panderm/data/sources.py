@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -38,7 +39,20 @@ def _read(cfg: DataConfig, workdir: str | os.PathLike[str]) -> Manifest:
         from panderm.data.synthetic.synthcxr import CLASSES
         from panderm.data.synthetic.synthcxr import generate_synthcxr as generate
     if source in (DataSource.synthderm, DataSource.synthcxr):
-        path = generate(out_dir, n_patients=cfg.n_patients, image_size=cfg.image_size, seed=cfg.seed)
+        options = dict(cfg.options)  # the generator's other parameters, e.g. synthderm's followup_fraction
+        accepted = set(inspect.signature(generate).parameters) - {
+            "out_dir",
+            "n_patients",
+            "image_size",
+            "seed",
+        }
+        if unknown := sorted(set(options) - accepted):
+            raise ConfigError(
+                f"data.options {unknown}: not parameters of {source.value} (these are: {sorted(accepted)})"
+            )
+        path = generate(
+            out_dir, n_patients=cfg.n_patients, image_size=cfg.image_size, seed=cfg.seed, **options
+        )
         return read_manifest(path, classes=list(CLASSES), deep=cfg.deep_check)
     if not cfg.path:
         raise ConfigError(f"data.path is required for data.source={source.value} (data config {cfg.name!r})")
@@ -63,14 +77,17 @@ def _read(cfg: DataConfig, workdir: str | os.PathLike[str]) -> Manifest:
 
     if source.value in PUBLIC_READERS:
         return read_public(source.value, cfg.path, out_dir=out_dir, seed=cfg.seed, **cfg.options)
+    if source is DataSource.ph2 and set(cfg.options) <= {"fractions"}:  # PH2 has no official split
+        return readers.read_ph2(cfg.path, seed=cfg.seed, **cfg.options)
     if cfg.options:
-        raise ConfigError(f"data.options is for the public-dataset readers, not data.source={source.value}")
+        raise ConfigError(
+            f"data.options {sorted(cfg.options)} are for the public-dataset readers, generators and PH2's "
+            f"fractions, not data.source={source.value}"
+        )
     if source is DataSource.medmnist:
         return readers.read_medmnist(cfg.path, out_dir, classes=classes)
     if source is DataSource.isic:
         return readers.read_isic(cfg.path)
-    if source is DataSource.ph2:
-        return readers.read_ph2(cfg.path, seed=cfg.seed)
     if source is DataSource.image_folder:
         return readers.read_image_folder(cfg.path, classes=classes)
     if source is DataSource.dicom:
