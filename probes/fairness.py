@@ -353,14 +353,6 @@ def _odds_point(
     return columns, float(point["equalised_odds"][0]), float(point["demographic_parity"][0])
 
 
-def _fmt(value: Any, low: Any = None, high: Any = None) -> str:
-    if value is None or not np.isfinite(value):
-        return ""
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def _report(report: Report, frame: pd.DataFrame, result: dict[str, Any], binary: bool) -> None:
     column = result["column"]
     report.heading(f"Fairness by `{column}`", level=3)
