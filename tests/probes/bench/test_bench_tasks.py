@@ -195,7 +195,13 @@ def _predictions(folder: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_multilabel_leaderboard_reads_macro_auroc_and_its_ci(multilabel_run):
+def test_multilabel_leaderboard_and_pairwise_bootstrap(multilabel_run):
+    """One test for the run both checks read (a module fixture would be built once per xdist worker)."""
+    check_leaderboard_reads_macro_auroc_and_its_ci(multilabel_run)
+    check_pairwise_bootstrap_matches_brute_force_and_leaves_out_delong(multilabel_run)
+
+
+def check_leaderboard_reads_macro_auroc_and_its_ci(multilabel_run):
     board = pd.read_csv(multilabel_run / "leaderboard.csv").set_index("encoder")
     cells = pd.read_csv(multilabel_run / "cells.csv").set_index("encoder")
     for encoder in ML_ENCODERS:
@@ -211,8 +217,7 @@ def test_multilabel_leaderboard_reads_macro_auroc_and_its_ci(multilabel_run):
         assert row["value"] == pytest.approx(roc_auc_score(truth, proba, average="macro"), abs=1e-12)
 
 
-@pytest.mark.slow
-def test_multilabel_pairwise_bootstrap_matches_brute_force_and_leaves_out_delong(multilabel_run):
+def check_pairwise_bootstrap_matches_brute_force_and_leaves_out_delong(multilabel_run):
     (pair,) = pd.read_csv(multilabel_run / "pairwise.csv").to_dict("records")
     assert pair["note"] == MULTILABEL_NOTE and "p_delong" not in pair
     cells = pd.read_csv(multilabel_run / "cells.csv").set_index("encoder")
