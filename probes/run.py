@@ -1,6 +1,8 @@
 """`panderm probe`: features of a frozen encoder (cached) or from a user's .npz, one probe, and its outputs:
-metrics.json (values, missing metrics with reasons, bootstrap CIs, subgroup gaps), per-image predictions in
-PanDerm's columns, a PanDerm summary row, figures and report.md/html in the run folder.
+metrics.json (values, missing metrics with reasons, bootstrap CIs, the fairness report per `subgroups=`
+column), per-image predictions in PanDerm's columns, a PanDerm summary row, figures and report.md/html in the
+run folder. The case-level probes (`TASKS`: longitudinal, survival, fusion) get every split's features and
+manifest rows (`probes.cases`) and write their own predictions per pair or case.
 
 A multi-label manifest (`label_set`) runs the one-vs-rest versions of linear_sweep, linear_panderm and knn
 (`probes.multilabel`); metrics.json then holds per-label and macro/micro AUROC with bootstrap CIs, and
