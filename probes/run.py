@@ -16,7 +16,6 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -152,21 +151,15 @@ UNLABELED_TASKS = ("longitudinal", "survival")  # they predict another column (c
 
 
 def load_feature_sets(
-    cfg: DictConfig,
-    run_dir: Path,
-    device: torch.device,
-    manifest: Manifest | None = None,
-    *,
-    labels: bool = True,
+    cfg: DictConfig, run_dir: Path, device: torch.device, manifest: Manifest | None, *, labels: bool = True
 ) -> dict[str, FeatureSet]:
-    """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `manifest` (default: read
-    from `cfg.data`; features cached). `labels`: refuse a manifest with unlabeled rows (probes that predict
-    another column, e.g. survival, pass False)."""
+    """{split: FeatureSet} from `cfg.features` (a .npz) or from `cfg.encoder` on `manifest` (`cfg.data` as
+    read; features cached). `labels`: refuse a manifest with unlabeled rows (probes that predict another
+    column, e.g. survival, pass False)."""
     if cfg.features:
         return load_feature_file(cfg.features)
     if not cfg.encoder:
         raise ConfigError("set encoder=<checkpoint | random:... | timm:...> or features=<file.npz>")
-    manifest = manifest if manifest is not None else load_data(cfg.data, run_dir)
     if labels and not manifest.has_labels:
         raise ProbeError(f"{manifest.source}: the manifest has no labels to probe")
     if labels and (unlabeled := manifest.unlabeled_rows()):
@@ -216,27 +209,21 @@ def run_task(
     return task(features, table, context=context, **options)
 
 
-@dataclass(frozen=True)
-class SubgroupSettings:
-    """`subgroups=` columns and how their report is made (bootstrap resamples, seed, figures)."""
-
-    columns: list[str]
-    bootstrap: int
-    seed: int
-    plots: bool
-
-
 def _fairness(
-    settings: SubgroupSettings,
     y: np.ndarray,
     proba: np.ndarray,
     rows: pd.DataFrame,
     *,
+    columns: list[str],
+    bootstrap: int,
+    seed: int,
+    plots: bool,
     run_dir: Path,
     report: Report,
     classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The fairness report (`probes.fairness.subgroup_report`) of test predictions per subgroup column."""
+    """The fairness report (`probes.fairness.subgroup_report`) of test predictions per column of `columns`
+    (`subgroups=`)."""
     proba = np.asarray(proba, dtype=np.float64)
     names = classes if classes and len(classes) == proba.shape[1] else [str(c) for c in range(proba.shape[1])]
     return {
@@ -248,11 +235,11 @@ def _fairness(
             classes=names,
             run_dir=run_dir,
             report=report,
-            n_resamples=settings.bootstrap,
-            seed=settings.seed,
-            plots=settings.plots,
+            n_resamples=bootstrap,
+            seed=seed,
+            plots=plots,
         )
-        for column in settings.columns
+        for column in columns
     }
 
 
@@ -340,9 +327,17 @@ def evaluate_predictions(
     report.table(table, f"Test metrics ({len(y)} images)")
     for name, reason in metrics.missing.items():
         report.text(f"- `{name}` not computed: {reason}")
-    settings = SubgroupSettings(subgroups, bootstrap, seed, plots)
     result["subgroups"] = _fairness(
-        settings, y, proba, test.meta, run_dir=run_dir, report=report, classes=classes
+        y,
+        proba,
+        test.meta,
+        columns=subgroups,
+        bootstrap=bootstrap,
+        seed=seed,
+        plots=plots,
+        run_dir=run_dir,
+        report=report,
+        classes=classes,
     )
     if plots:
         figures = run_dir / "figures"
@@ -388,7 +383,7 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
         listed = f"listed in `{SKIPPED_IMAGES}`"
         report.text(f"{skipped} unreadable image(s) skipped (data.on_bad_image=skip), {listed}.")
     if name in TASKS:
-        subgroups = SubgroupSettings(list(cfg.subgroups), cfg.bootstrap, cfg.seed, cfg.plots)
+        subgroups = list(cfg.subgroups)
         context = TaskContext(
             run_dir,
             report,
@@ -398,9 +393,18 @@ def run_probe(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any
             plots=cfg.plots,
             device=str(device),
             image_path=None if manifest is None else manifest.path,
-            fairness=partial(_fairness, subgroups, run_dir=run_dir, report=report, classes=classes),
+            fairness=partial(
+                _fairness,
+                columns=subgroups,
+                bootstrap=cfg.bootstrap,
+                seed=cfg.seed,
+                plots=cfg.plots,
+                run_dir=run_dir,
+                report=report,
+                classes=classes,
+            ),
         )
-        metrics["test"] = run_task(name, sets, context, options, subgroups.columns)
+        metrics["test"] = run_task(name, sets, context, options, subgroups)
     elif sets["train"].is_multilabel:
         if name not in MULTILABEL_PROBES:
             raise ProbeError(
