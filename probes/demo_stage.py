@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from panderm.config import DataSource, ProbeConfig
 from panderm.paths import config_dir
@@ -24,21 +24,12 @@ def probe_stage(ctx: Any) -> None:
     stage = ctx.cfg.probe
     if not stage.enabled:
         return
-    pretrain = ctx.cfg.pretrain
-    spec = ctx.random_encoder
-    sources = {"random init": spec}
-    exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
-    if pretrain.enabled and exported.is_file():
-        sources = {"demo-pretrained": str(exported), **sources}
     rows, figures, runs = [], [], {}
-    for source, encoder in sources.items():
+    for source, encoder in _encoders(ctx).items():
         for probe in stage.probes:
-            cfg = OmegaConf.structured(ProbeConfig)
-            cfg.seed, cfg.encoder, cfg.bootstrap = ctx.cfg.seed, encoder, stage.bootstrap
+            cfg = _probe_config(ctx, encoder, probe, stage.bootstrap)
             cfg.subgroups = list(stage.subgroups)
             cfg.data = ctx.generated_data()
-            cfg.cache_dir = str(ctx.run_dir / "feature_cache")
-            cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset(probe)))
             run_dir = ctx.run_dir / "probe" / f"{source.replace(' ', '_')}-{probe}"
             result = run_probe(cfg, run_dir)["test"]
             runs[source, probe] = run_dir
@@ -103,20 +94,13 @@ def longitudinal_stage(ctx: Any) -> None:
             "timepoint columns."
         )
         return
-    sources = {"random init": ctx.random_encoder}
-    exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
-    if ctx.cfg.pretrain.enabled and exported.is_file():
-        sources = {"demo-pretrained": str(exported), **sources}
     rows, figure, scores = [], None, {}
-    for source, encoder in sources.items():
-        cfg = OmegaConf.structured(ProbeConfig)
-        cfg.seed, cfg.encoder, cfg.bootstrap = ctx.cfg.seed, encoder, stage.bootstrap
+    for source, encoder in _encoders(ctx).items():
+        cfg = _probe_config(ctx, encoder, "longitudinal", stage.bootstrap)
         cfg.data = ctx.cfg.data.copy()
         cfg.data.name, cfg.data.n_patients = "synthderm_followup", stage.n_patients
         cfg.data.out_dir = str(ctx.run_dir / "data" / "synthderm_followup")
         cfg.data.options = {"followup_fraction": stage.followup_fraction, "modalities": ["dermoscopy"]}
-        cfg.cache_dir = str(ctx.run_dir / "feature_cache")
-        cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset("longitudinal")))
         cfg.probe.options.combine, cfg.probe.options.folds = stage.combine, stage.folds
         run_dir = ctx.run_dir / "longitudinal" / source.replace(" ", "_")
         result = run_probe(cfg, run_dir)["test"]
@@ -154,6 +138,25 @@ def longitudinal_stage(ctx: Any) -> None:
         ctx.report.figure(
             figure, "follow-up pairs with their change score (first encoder)", relative_to=ctx.run_dir
         )
+
+
+def _encoders(ctx: Any) -> dict[str, str]:
+    """{source: encoder spec}: the demo-pretrained export (when the pretraining stage wrote one) and the same
+    architecture at random init."""
+    sources = {"random init": ctx.random_encoder}
+    exported = ctx.run_dir / "pretrain" / "encoder.safetensors"
+    if ctx.cfg.pretrain.enabled and exported.is_file():
+        sources = {"demo-pretrained": str(exported), **sources}
+    return sources
+
+
+def _probe_config(ctx: Any, encoder: str, probe: str, bootstrap: int) -> DictConfig:
+    """A `panderm probe` config for `encoder` with the `probe` preset, features cached in the demo run."""
+    cfg = OmegaConf.structured(ProbeConfig)
+    cfg.seed, cfg.encoder, cfg.bootstrap = ctx.cfg.seed, encoder, bootstrap
+    cfg.cache_dir = str(ctx.run_dir / "feature_cache")
+    cfg.probe = OmegaConf.merge(cfg.probe, OmegaConf.load(_preset(probe)))
+    return cfg
 
 
 def _preset(name: str) -> Path:
