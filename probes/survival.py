@@ -193,7 +193,7 @@ def fit_cox(
     )
     with warnings.catch_warnings():  # weak penalties on few events: convergence notes, scored as they are
         warnings.simplefilter("ignore")
-        search.fit(design, Surv.from_arrays(event.astype(bool), time))
+        search.fit(design, _surv(event, time))
     best = search.best_params_
     return search.best_estimator_, float(best["model__alphas"][0] if l1_ratio > 0 else best["model__alpha"])
 
